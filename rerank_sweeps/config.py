@@ -1,0 +1,346 @@
+"""Structured schemas for every config group, and the one-line errors for bad values.
+
+Hydra composes YAML; `validate(cfg)` turns the composed tree into typed dataclasses. Type
+errors come from OmegaConf, range and choice errors from the `__post_init__` checks below;
+both surface as `ConfigError` whose message is one line naming the key, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: printed as one line, never as a traceback."""
+
+
+class UserError(RuntimeError):
+    """A user-facing failure at run time (missing file, no network): printed as one line."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
+    _check(value in options, key, value, "one of " + ", ".join(options))
+
+
+@dataclass
+class PathsConfig:
+    """Where everything is written; all relative to `root`."""
+
+    root: str = "outputs"
+
+    @property
+    def cache(self) -> Path:
+        """Content-addressed stage artifacts."""
+        return Path(self.root) / "cache"
+
+    @property
+    def runs(self) -> Path:
+        """One directory per run (results.json, TREC files, logs)."""
+        return Path(self.root) / "runs"
+
+
+@dataclass
+class DataConfig:
+    """A question/answer data source and how it is split."""
+
+    source: str = "wordnet"  # wordnet | hub | local
+    path: str | None = None  # wordnet: dictionary folder; local: the file
+    hub_id: str = "sentence-transformers/gooaq"
+    hub_split: str = "train"
+    format: str | None = None  # local files: jsonl | parquet | csv (default: from the suffix)
+    question_column: str = "question"
+    answer_column: str = "answer"
+    max_rows: int | None = None  # rows read from the source before splitting
+    num_train: int = 2000  # training questions
+    num_dev: int = 200  # dev questions (carved from the training side)
+    num_eval: int = 300  # eval queries
+    corpus_size: int = 20000  # rows in the LanceDB table: eval answers + distractors
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, ("wordnet", "hub", "local"))
+        if self.format is not None:
+            _choice("data.format", self.format, ("jsonl", "parquet", "csv"))
+        if self.source == "local":
+            _check(bool(self.path), "data.path", self.path, "a jsonl, parquet or csv file")
+        for key in ("num_train", "num_eval", "corpus_size"):
+            _check(getattr(self, key) >= 1, f"data.{key}", getattr(self, key), "an integer >= 1")
+        _check(self.num_dev >= 0, "data.num_dev", self.num_dev, "an integer >= 0")
+        _check(
+            self.corpus_size >= self.num_eval,
+            "data.corpus_size",
+            self.corpus_size,
+            f"at least data.num_eval ({self.num_eval})",
+        )
+        if self.max_rows is not None:
+            _check(self.max_rows >= 1, "data.max_rows", self.max_rows, "an integer >= 1 or null")
+
+
+@dataclass
+class MiningConfig:
+    """Hard-negative mining with sentence-transformers' `mine_hard_negatives`."""
+
+    model_id: str = "sentence-transformers/all-mpnet-base-v2"  # never the model being trained
+    range_min: int = 0  # skip this many top-ranked answers (likely unlabelled positives)
+    range_max: int = 50  # look no deeper than this rank
+    margin: float = 0.0
+    margin_type: str = "relative"  # relative | absolute
+    sampling_strategy: str = "top"  # top | random
+    batch_size: int = 64
+    max_seq_length: int = 128
+
+    def __post_init__(self) -> None:
+        _choice("mining.margin_type", self.margin_type, ("relative", "absolute"))
+        _choice("mining.sampling_strategy", self.sampling_strategy, ("top", "random"))
+        _check(self.range_min >= 0, "mining.range_min", self.range_min, "an integer >= 0")
+        _check(
+            self.range_max > self.range_min,
+            "mining.range_max",
+            self.range_max,
+            "greater than mining.range_min",
+        )
+        _check(self.margin >= 0, "mining.margin", self.margin, "a number >= 0")
+        _check(self.batch_size >= 1, "mining.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class ArchConfig:
+    """The reranker architecture and its training hyper-parameters."""
+
+    name: str = "ce"  # ce | colbert
+    lr: float = 2e-5
+    batch_size: int = 16
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 96  # ce: the pair; colbert: the document
+    query_length: int = 32  # colbert only
+    embedding_size: int = 128  # colbert projection
+    temperature: float = 1.0  # colbert contrastive loss
+    pos_weight: float | None = None  # ce BinaryCrossEntropyLoss; None = number of negatives
+    bf16: str = "auto"  # auto | true | false
+    evals_per_epoch: int = 2  # dev evaluations (and checkpoints) per epoch
+    max_steps: int = -1  # > 0 caps training steps (tests)
+
+    def __post_init__(self) -> None:
+        _choice("arch.name", self.name, ("ce", "colbert"))
+        _choice("arch.bf16", str(self.bf16).lower(), ("auto", "true", "false"))
+        _check(self.lr > 0, "arch.lr", self.lr, "a number > 0")
+        _check(self.batch_size >= 1, "arch.batch_size", self.batch_size, "an integer >= 1")
+        _check(0 <= self.warmup_ratio < 1, "arch.warmup_ratio", self.warmup_ratio, "in [0, 1)")
+        _check(self.max_length >= 8, "arch.max_length", self.max_length, "an integer >= 8")
+        _check(self.query_length >= 4, "arch.query_length", self.query_length, "an integer >= 4")
+        _check(self.temperature > 0, "arch.temperature", self.temperature, "a number > 0")
+        _check(self.evals_per_epoch >= 1, "arch.evals_per_epoch", self.evals_per_epoch, ">= 1")
+        if self.pos_weight is not None:
+            _check(self.pos_weight > 0, "arch.pos_weight", self.pos_weight, "a number > 0 or null")
+
+
+@dataclass
+class BaseConfig:
+    """The base language model a reranker starts from."""
+
+    name: str = "minilm"
+    model_id: str = "sentence-transformers/all-MiniLM-L6-v2"
+    pretrained_ce: str | None = None  # a pretrained cross-encoder to fine-tune (init=pretrained)
+    pretrained_colbert: str | None = None  # a pretrained ColBERT to fine-tune (init=pretrained)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class IndexConfig:
+    """The LanceDB table: corpus vectors and a native full-text index."""
+
+    embedder: str = "sentence-transformers/all-MiniLM-L6-v2"  # never the reranker under test
+    batch_size: int = 64
+    ann: str | None = None  # e.g. IVF_HNSW_SQ; null = exact search
+
+    def __post_init__(self) -> None:
+        if self.ann is not None:
+            _choice("index.ann", self.ann, ("IVF_PQ", "IVF_HNSW_SQ", "IVF_HNSW_PQ", "IVF_FLAT"))
+
+
+@dataclass
+class QueryTypeConfig:
+    """Which LanceDB search modes are evaluated."""
+
+    name: str = "all"
+    types: list[str] = field(default_factory=lambda: ["vector", "fts", "hybrid"])
+
+    def __post_init__(self) -> None:
+        _check(bool(self.types), "query_type.types", self.types, "a non-empty list")
+        for t in self.types:
+            _choice("query_type.types", t, ("vector", "fts", "hybrid"))
+
+
+@dataclass
+class EvalConfig:
+    """Reranking and metrics."""
+
+    untrained: bool = True  # also evaluate the untrained base model as a reranker
+    batch_size: int = 64
+    device: str = "auto"  # auto | cpu | cuda
+    bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
+    bf16: str = "auto"  # reranker inference dtype on CPU/GPU: auto | true | false
+
+    def __post_init__(self) -> None:
+        _choice("eval.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("eval.bf16", str(self.bf16).lower(), ("auto", "true", "false"))
+        _check(self.bootstrap >= 0, "eval.bootstrap", self.bootstrap, "an integer >= 0")
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class LatencyConfig:
+    """The latency ablation."""
+
+    enabled: bool = True
+    candidates: list[int] = field(default_factory=lambda: [20, 50, 100])
+    warmup: int = 3
+    iterations: int = 20
+    queries: int = 20  # distinct eval queries cycled through the timed iterations
+    devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"])  # cuda skipped if absent
+    optimizations: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+
+    def __post_init__(self) -> None:
+        for n in self.candidates:
+            _check(n >= 1, "latency.candidates", n, "integers >= 1")
+        _check(self.warmup >= 0, "latency.warmup", self.warmup, "an integer >= 0")
+        _check(self.iterations >= 1, "latency.iterations", self.iterations, "an integer >= 1")
+        for d in self.devices:
+            _choice("latency.devices", d, ("cpu", "cuda"))
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases (or nothing)."""
+
+    name: str = "wandb"  # wandb | none
+    project: str = "rerank_sweeps"
+    entity: str | None = None
+    mode: str = "auto"  # auto (online iff an API key is configured) | online | offline | disabled
+    group: str | None = None  # default: the sweep / study
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("logger.name", self.name, ("wandb", "none"))
+        _choice("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
+
+
+@dataclass
+class RunConfig:
+    """One run: every group, validated."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    query_type: QueryTypeConfig = field(default_factory=QueryTypeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    experiment: str = "default"
+    seed: int = 13
+    negatives: int = 1  # hard negatives per training question
+    epochs: int = 1  # 0 = the untrained base model
+    init: str = "scratch"  # scratch (from the base LM) | pretrained (a pretrained reranker)
+    top_k: list[int] = field(default_factory=lambda: [5, 10])
+    overfetch: int = 4  # each leg retrieves overfetch * k candidates
+    objective: list[str] = field(default_factory=lambda: ["hybrid/reranked/hit@5"])
+
+    def __post_init__(self) -> None:
+        _check(self.negatives >= 1, "negatives", self.negatives, "an integer >= 1")
+        _check(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
+        _choice("init", self.init, ("scratch", "pretrained"))
+        _check(bool(self.top_k), "top_k", self.top_k, "an integer >= 1 or a list of them")
+        for k in self.top_k:
+            _check(k >= 1, "top_k", k, "an integer >= 1 or a list of them")
+        _check(self.overfetch >= 1, "overfetch", self.overfetch, "an integer >= 1")
+        for name in self.objective:
+            _check(
+                re.fullmatch(r"[^/]+/[^/]+/[^/@]+(@\d+)?", name) is not None,
+                "objective",
+                name,
+                'a metric key like "hybrid/reranked/hit@5" or a latency key like "cpu/ce/20/p50_ms"',
+            )
+        if self.init == "pretrained":
+            pretrained = (
+                self.base.pretrained_ce if self.arch.name == "ce" else self.base.pretrained_colbert
+            )
+            _check(
+                bool(pretrained),
+                "init",
+                self.init,
+                f"base={self.base.name} names no pretrained {self.arch.name} reranker",
+            )
+
+
+# Keys whose value is a list but which users naturally set to one value (`top_k=5`).
+_SCALAR_OR_LIST = ("top_k", "objective", "latency.candidates")
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Turn a composed Hydra config into a typed `RunConfig`, or raise a one-line ConfigError."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    raw.pop("hydra", None)
+    for dotted in _SCALAR_OR_LIST:
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and leaf in node and not isinstance(node[leaf], list):
+            node[leaf] = [node[leaf]]
+    try:
+        schema = OmegaConf.structured(RunConfig)
+        merged = OmegaConf.merge(schema, raw)
+        result = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line_omegaconf(err)) from None
+    assert isinstance(result, RunConfig)
+    return result
+
+
+def _one_line_omegaconf(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or "config"
+    msg = " ".join(str(getattr(err, "msg", None) or err).split())
+    converted = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", msg)
+    if converted:
+        value, wanted = converted.groups()
+        return f"{key}={value} is not allowed: expected {wanted.lower()}"
+    if "not in struct" in msg or "not in '" in msg:
+        return f"{key}: unknown key"
+    return f"{key}: {msg}"
+
+
+_SECRET_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@")
+_SECRET_KEY = re.compile(r"(api_key|apikey|password|passwd|secret|token)", re.IGNORECASE)
+
+
+def mask_secrets(value: Any) -> Any:
+    """Return a copy of a plain config container with passwords and keys replaced by ***."""
+    if isinstance(value, dict):
+        return {
+            k: ("***" if _SECRET_KEY.search(str(k)) and v else mask_secrets(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    if isinstance(value, str):
+        return _SECRET_URL.sub(r"\g<scheme>:***@", value)
+    return value

@@ -1,0 +1,165 @@
+"""One run as data flowing through cached stages.
+
+split -> negatives -> model (trained, and the untrained baseline) ; split -> index ->
+candidates ; (model, candidates) -> metrics -> latency ; everything -> results store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rerank_sweeps.cache import Artifact, Cache
+from rerank_sweeps.config import RunConfig, mask_secrets, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run hands back to Hydra and to tests."""
+
+    run_dir: Path
+    objective: list[float]
+    metrics: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+    cache_hits: set[str] = field(default_factory=set)
+    cache_misses: set[str] = field(default_factory=set)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(
+                self.seconds.get(name, 0.0) + time.perf_counter() - started, 3
+            )
+
+
+def default_run_dir(conf: RunConfig) -> Path:
+    """Hydra's run/job dir when running under Hydra, else a fresh dir under paths.runs."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        pass
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return conf.paths.runs / f"{stamp}_{os.getpid()}"
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without Hydra's own node, secrets masked: safe to save and log."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    raw.pop("hydra", None)
+    masked = mask_secrets(raw)
+    assert isinstance(masked, dict)
+    return masked
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
+    """Run every stage for one composed config and return its objective and metrics."""
+    conf = validate(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(conf)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(resolved_config(cfg), indent=2))
+    cache = Cache(conf.paths.cache)
+    timer = _Timer()
+    arts: dict[str, Artifact] = {}
+
+    from rerank_sweeps import data
+
+    with timer("split"):
+        arts["split"] = data.split_stage(conf, cache)
+    with timer("negatives"):
+        arts["negatives"] = data.negatives_stage(conf, cache, arts["split"])
+
+    metrics: dict[str, float] = {}
+    latency: dict[str, float] = {}
+    stages_present = _available_stages()
+    if "train" in stages_present:
+        from rerank_sweeps import train
+
+        with timer("model"):
+            arts["model"] = train.model_stage(conf, cache, arts["split"], arts["negatives"])
+            if conf.eval.untrained and conf.epochs > 0:
+                arts["untrained"] = train.untrained_stage(conf, cache)
+    if {"index", "evaluate"} <= stages_present and "model" in arts:
+        from rerank_sweeps import evaluate, index
+
+        with timer("index"):
+            arts["index"] = index.index_stage(conf, cache, arts["split"])
+        with timer("candidates"):
+            arts["candidates"] = evaluate.candidates_stage(
+                conf, cache, arts["split"], arts["index"]
+            )
+        with timer("evaluate"):
+            systems = {"reranked": arts["model"]}
+            if "untrained" in arts:
+                systems["untrained"] = arts["untrained"]
+            results = evaluate.evaluate(
+                conf, cache, arts["split"], arts["candidates"], systems, run_dir
+            )
+            metrics = results["metrics"]
+        if conf.latency.enabled and "latency" in stages_present:
+            from rerank_sweeps import latency as latency_mod
+
+            with timer("latency"):
+                latency = latency_mod.latency_stage(
+                    conf, arts["split"], arts["index"], arts["candidates"], arts["model"], run_dir
+                )
+
+    objective = [_objective_value(name, metrics, latency) for name in conf.objective]
+    result = RunResult(
+        run_dir=run_dir,
+        objective=objective,
+        metrics=metrics,
+        latency=latency,
+        cache_hits=cache.hits,
+        cache_misses=cache.misses,
+        stage_seconds=timer.seconds,
+        artifacts=arts,
+    )
+    _log_cache(cache)
+    return result
+
+
+def _available_stages() -> set[str]:
+    import importlib.util
+
+    names = ("train", "index", "evaluate", "latency")
+    return {n for n in names if importlib.util.find_spec(f"rerank_sweeps.{n}") is not None}
+
+
+def _objective_value(name: str, metrics: dict[str, float], latency: dict[str, float]) -> float:
+    if name in metrics:
+        return float(metrics[name])
+    if name in latency:
+        return float(latency[name])
+    # Stages not yet computed (e.g. latency switched off) give NaN, which Optuna records as a
+    # failed value rather than a silently wrong number.
+    return float("nan")
+
+
+def _log_cache(cache: Cache) -> None:
+    for stage, key, hit, seconds in cache.events:
+        log.info("stage %-12s %s  %s  %.1fs", stage, "hit " if hit else "miss", key, seconds)

@@ -1,0 +1,99 @@
+"""The config tree composes, and every user error is one readable line, not a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rerank_sweeps.config import ConfigError, mask_secrets, validate
+from tests.conftest import REPO, compose_config
+
+CONF = REPO / "rerank_sweeps" / "conf"
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["data", "arch", "base", "query_type", "logger", "experiment"])
+def test_every_option_of_every_group_composes_and_validates(group: str) -> None:
+    for option in _options(group):
+        overrides = [f"{group}={option}"]
+        if option == "local":
+            overrides.append("data.path=some.jsonl")
+        conf = validate(compose_config(overrides))
+        if group in ("data", "arch", "base", "query_type", "logger"):
+            assert getattr(conf, group).__class__.__name__.endswith("Config")
+        if group == "experiment":
+            assert conf.experiment == option
+
+
+def test_scalar_top_k_becomes_a_list_and_defaults_match_the_blog_protocol() -> None:
+    conf = validate(compose_config(["top_k=5"]))
+    assert conf.top_k == [5]
+    default = validate(compose_config([]))
+    assert default.top_k == [5, 10] and default.overfetch == 4
+    assert default.query_type.types == ["vector", "fts", "hybrid"]
+
+
+def test_tiny_experiment_overrides_base_and_sizes() -> None:
+    conf = validate(compose_config(["experiment=tiny"]))
+    assert conf.base.model_id == "tiny-random/bert"
+    assert conf.data.num_eval < 100 and conf.logger.name == "none"
+
+
+def test_model_for_init_pretrained_must_exist() -> None:
+    with pytest.raises(ConfigError, match="names no pretrained"):
+        validate(compose_config(["init=pretrained", "base=mpnet"]))
+
+
+def test_secrets_are_masked_in_urls_and_keys() -> None:
+    masked = mask_secrets(
+        {"storage": "postgresql://alice:s3cret@db:5432/optuna", "wandb": {"api_key": "abc"}}
+    )
+    assert masked == {
+        "storage": "postgresql://alice:***@db:5432/optuna",
+        "wandb": {"api_key": "***"},
+    }
+
+
+BAD_INPUTS = [
+    (["arch=nope"], "arch='nope' is not an option: choose one of ce, colbert"),
+    (["epochs=-1"], "epochs=-1 is not allowed"),
+    (["top_k=0"], "top_k=0 is not allowed"),
+    (["overfetch=0.5"], "overfetch=0.5 is not allowed: expected integer"),
+    (["epochs=abc"], "epochs=abc is not allowed: expected integer"),
+    (["data=local"], "data.path"),
+    (["nokey=1"], "nokey: unknown key"),
+    (["-m", "arch=ce,nope"], "arch='nope' is not an option"),
+    (["-m", "base=minilm", "negatives=1,0"], "negatives=0 is not allowed"),
+    (["query_type=semantic"], "query_type='semantic' is not an option"),
+    (["mining.sampling_strategy=best"], "mining.sampling_strategy='best' is not allowed"),
+    (
+        ["hydra.sweeper.storage=postgresql://u:hunter2@h/db"],
+        "hydra.sweeper.storage: unknown key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_exits_nonzero_with_one_line(
+    argv: list[str], expected: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rerank_sweeps", *argv, f"paths.root={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert expected in lines[0]
+    assert "hunter2" not in proc.stderr + proc.stdout
+    assert not list(tmp_path.rglob("*.json")), "a rejected command must not start a run"
