@@ -1,0 +1,126 @@
+"""The stage cache: content keys, atomic publishing, crash safety, concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from rerank_sweeps.cache import MARKER, Cache, stage_key
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from rerank_sweeps.cache import Cache
+
+    root, mode, value = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    def build(out: Path, work: Path) -> None:
+        (out / "part1.txt").write_text(value)
+        if mode == "hang":  # simulate a long build that gets killed half-way
+            Path(root, "started").write_text(str(os.getpid()))
+            time.sleep(600)
+        if mode == "slow":
+            time.sleep(1.0)
+        (out / "part2.txt").write_text(value)
+        with open(Path(root) / "builds.log", "a") as log:
+            log.write(f"{os.getpid()}\\n")
+
+    art = Cache(Path(root) / "cache").stage("demo", 1, {"x": value}, [], build)
+    print(art.path, art.hit)
+    """
+)
+
+
+def _writer(root: Path, mode: str, value: str = "v") -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(root), mode, value],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_same_config_hits_and_changed_subtree_or_input_misses(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    calls: list[str] = []
+
+    def build(out: Path, work: Path) -> None:
+        calls.append(out.name)
+        (out / "data.txt").write_text("x")
+
+    first = cache.stage("split", 1, {"seed": 1, "n": 10}, [], build)
+    again = cache.stage("split", 1, {"n": 10, "seed": 1}, [], build)  # key order irrelevant
+    changed = cache.stage("split", 1, {"seed": 2, "n": 10}, [], build)
+    bumped = cache.stage("split", 2, {"seed": 1, "n": 10}, [], build)
+    downstream_a = cache.stage("negatives", 1, {}, [first], build)
+    downstream_b = cache.stage("negatives", 1, {}, [changed], build)
+    assert (first.hit, again.hit, changed.hit, bumped.hit) == (False, True, False, False)
+    assert again.path == first.path and (first.path / "data.txt").read_text() == "x"
+    assert len({first.key, changed.key, bumped.key}) == 3
+    assert downstream_a.key != downstream_b.key
+    assert len(calls) == 5
+    assert cache.hits == {"split"} and cache.misses == {"split", "negatives"}
+
+
+def test_failed_build_leaves_nothing_and_rerun_succeeds(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+
+    def broken(out: Path, work: Path) -> None:
+        (out / "half.txt").write_text("half")
+        raise RuntimeError("boom")
+
+    try:
+        cache.stage("s", 1, {}, [], broken)
+    except RuntimeError:
+        pass
+    key = stage_key("s", 1, {}, [])
+    assert cache.lookup("s", key) is None
+    assert not [p for p in (tmp_path / "s").iterdir() if p.name.startswith(".tmp")]
+    art = cache.stage("s", 1, {}, [], lambda out, work: (out / "ok.txt").write_text("ok"))
+    assert not art.hit and (art.path / "ok.txt").read_text() == "ok"
+
+
+def test_sigkilled_writer_leaves_nothing_trusted_and_rerun_recomputes(tmp_path: Path) -> None:
+    proc = _writer(tmp_path, "hang")
+    deadline = time.time() + 60
+    while not (tmp_path / "started").exists():
+        assert time.time() < deadline and proc.poll() is None, (
+            proc.stderr.read() if proc.stderr else ""
+        )
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    key = stage_key("demo", 1, {"x": "v"}, [])
+    cache = Cache(tmp_path / "cache")
+    assert cache.lookup("demo", key) is None, "a killed build must not look complete"
+    assert not (tmp_path / "cache" / "demo" / key).exists()
+
+    rerun = _writer(tmp_path, "fast")
+    out, err = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, err
+    art = cache.lookup("demo", key)
+    assert art is not None
+    assert (art.path / "part1.txt").read_text() == "v" and (
+        art.path / "part2.txt"
+    ).read_text() == "v"
+    assert (art.path / MARKER).is_file()
+    leftovers = [
+        p.name for p in (tmp_path / "cache" / "demo").iterdir() if p.name.startswith(".tmp")
+    ]
+    assert leftovers == [], "the rerun cleans the killed builder's temp dir"
+
+
+def test_two_concurrent_processes_build_once_and_both_succeed(tmp_path: Path) -> None:
+    procs = [_writer(tmp_path, "slow") for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    paths = {out.split()[0] for out, _ in outputs}
+    hits = sorted(out.split()[1] for out, _ in outputs)
+    assert len(paths) == 1 and hits == ["False", "True"]
+    assert len((tmp_path / "builds.log").read_text().split()) == 1
