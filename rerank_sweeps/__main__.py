@@ -117,20 +117,40 @@ def preflight(argv: Sequence[str]) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | tuple[float, ...]:
-    """One Hydra job: run the pipeline, return the objective (a tuple when multi-objective)."""
+    """One Hydra job: run the pipeline, return the objective (a tuple when multi-objective).
+
+    In a sweep a failing job is recorded as failed (record.json) and returns NaN, so the other
+    jobs go on; the sweep's summary callback then exits non-zero. A single run fails loudly.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from rerank_sweeps.pipeline import run
 
+    conf = validate(cfg)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = run(cfg)
     except (ConfigError, UserError) as err:
         log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
+        if multirun:
+            return _failed_objective(len(conf.objective))
+        print(f"error: {mask_secrets(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
-    for name, value in zip(validate(cfg).objective, result.objective, strict=True):
+    except Exception:
+        if multirun:
+            log.exception("job failed")
+            return _failed_objective(len(conf.objective))
+        raise
+    for name, value in zip(conf.objective, result.objective, strict=True):
         log.info("objective %s = %s", name, "nan" if math.isnan(value) else f"{value:.4f}")
     hits = ", ".join(sorted(result.cache_hits)) or "none"
     log.info("cache hits: %s; run dir: %s", hits, result.run_dir)
     return result.objective[0] if len(result.objective) == 1 else tuple(result.objective)
+
+
+def _failed_objective(n: int) -> float | tuple[float, ...]:
+    return float("nan") if n == 1 else tuple([float("nan")] * n)
 
 
 def main() -> None:

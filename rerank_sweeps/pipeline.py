@@ -31,6 +31,7 @@ class RunResult:
     run_dir: Path
     objective: list[float]
     metrics: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
     cache_hits: set[str] = field(default_factory=set)
     cache_misses: set[str] = field(default_factory=set)
@@ -77,15 +78,56 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
-    """Run every stage for one composed config and return its objective and metrics."""
+    """Run every stage for one composed config, record it, and return its objective."""
+    from rerank_sweeps import tracking
+
     conf = validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(conf)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(resolved_config(cfg), indent=2))
+    config = resolved_config(cfg)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    job = tracking.hydra_job_info()
+    record = tracking.RunRecord(run_dir, conf, config, job)
+    tracker = tracking.WandbTracker(conf, config, job, run_dir)
     cache = Cache(conf.paths.cache)
     timer = _Timer()
-    arts: dict[str, Artifact] = {}
+    try:
+        result = _run_stages(conf, cache, timer, run_dir)
+    except BaseException as err:
+        record.fail(err, **_progress(cache, timer))
+        tracker.finish(exit_code=1)
+        raise
+    fields = {
+        **_progress(cache, timer),
+        "objective": result.objective,
+        "metrics": result.metrics,
+        "intervals": result.intervals,
+        "latency": result.latency,
+        "fingerprints": {name: art.key for name, art in result.artifacts.items()},
+    }
+    record.complete(**fields)
+    tracker.log_results(record.data)
+    if conf.logger.log_model and "model" in result.artifacts:
+        tracker.log_model(
+            result.artifacts["model"].path / "model", f"reranker-{conf.arch.name}-{conf.base.name}"
+        )
+    tracker.finish(exit_code=0)
+    return result
 
+
+def _progress(cache: Cache, timer: _Timer) -> dict[str, Any]:
+    return {
+        "cache_hits": sorted(cache.hits),
+        "cache_misses": sorted(cache.misses),
+        "cache_events": [
+            {"stage": s, "key": k, "hit": h, "seconds": round(t, 3)} for s, k, h, t in cache.events
+        ],
+        "stage_seconds": dict(timer.seconds),
+    }
+
+
+def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> RunResult:
+    arts: dict[str, Artifact] = {}
     from rerank_sweeps import data
 
     with timer("split"):
@@ -93,7 +135,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     with timer("negatives"):
         arts["negatives"] = data.negatives_stage(conf, cache, arts["split"])
 
-    metrics: dict[str, float] = {}
+    results: dict[str, Any] = {}
     latency: dict[str, float] = {}
     stages_present = _available_stages()
     if "train" in stages_present:
@@ -119,7 +161,6 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
             results = evaluate.evaluate(
                 conf, cache, arts["split"], arts["candidates"], systems, run_dir
             )
-            metrics = results["metrics"]
         if conf.latency.enabled and "latency" in stages_present:
             from rerank_sweeps import latency as latency_mod
 
@@ -128,19 +169,20 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
                     conf, arts["split"], arts["index"], arts["candidates"], arts["model"], run_dir
                 )
 
+    metrics = results.get("metrics", {})
     objective = [_objective_value(name, metrics, latency) for name in conf.objective]
-    result = RunResult(
+    _log_cache(cache)
+    return RunResult(
         run_dir=run_dir,
         objective=objective,
         metrics=metrics,
+        intervals=results.get("intervals", {}),
         latency=latency,
         cache_hits=cache.hits,
         cache_misses=cache.misses,
         stage_seconds=timer.seconds,
         artifacts=arts,
     )
-    _log_cache(cache)
-    return result
 
 
 def _available_stages() -> set[str]:
