@@ -32,6 +32,7 @@ class RunResult:
     objective: list[float]
     metrics: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, list[float]] = field(default_factory=dict)
+    paired: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
     cache_hits: set[str] = field(default_factory=set)
     cache_misses: set[str] = field(default_factory=set)
@@ -102,6 +103,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         "objective": result.objective,
         "metrics": result.metrics,
         "intervals": result.intervals,
+        "paired": result.paired,
         "latency": result.latency,
         "fingerprints": {name: art.key for name, art in result.artifacts.items()},
     }
@@ -177,6 +179,7 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
         objective=objective,
         metrics=metrics,
         intervals=results.get("intervals", {}),
+        paired=results.get("paired", {}),
         latency=latency,
         cache_hits=cache.hits,
         cache_misses=cache.misses,
