@@ -139,7 +139,7 @@ def status_table(records: list[dict[str, Any]]) -> str:
             status += f": {r['reason']}"
         lines.append(
             f"| {r.get('job_num', '') if r.get('job_num') is not None else ''} | {r.get('name')} | "
-            f"{html.escape(status)} | {objective or '–'} | `{r.get('run_dir')}` |"
+            f"{html.escape(status, quote=False)} | {objective or '–'} | `{r.get('run_dir')}` |"
         )
     return "\n".join(lines)
 

@@ -1,0 +1,127 @@
+"""The report renders from a fixture sweep (with a failed and a dead job) without W&B."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from rerank_sweeps.report import build_report, main
+
+
+def _record(run_dir: Path, **fields) -> None:
+    run_dir.mkdir(parents=True)
+    base = {
+        "status": "completed",
+        "run_dir": str(run_dir),
+        "host": "elsewhere",  # records from another host are never declared dead
+        "pid": 1,
+        "objective_names": ["hybrid/reranked/hit@5"],
+    }
+    base.update(fields)
+    (run_dir / "record.json").write_text(json.dumps(base))
+
+
+def _metrics(reranked: float, baseline: float = 0.40, ceiling: float = 0.70) -> dict[str, float]:
+    out = {}
+    for qt in ("vector", "fts", "hybrid"):
+        out[f"{qt}/reranked/hit@5"] = reranked
+        out[f"{qt}/baseline/hit@5"] = baseline
+        out[f"{qt}/ceiling/hit@5"] = ceiling
+        out[f"{qt}/reranked/mrr@5"] = reranked / 2
+    return out
+
+
+def _sweep(root: Path) -> None:
+    fp = {"candidates": "c1"}
+    _record(
+        root / "0",
+        job_num=0,
+        name="arch=ce,negatives=1",
+        overrides=["arch=ce", "negatives=1"],
+        arch="ce",
+        base="minilm",
+        negatives=1,
+        epochs=1,
+        objective=[0.55],
+        metrics=_metrics(0.55),
+        intervals={"hybrid/reranked/hit@5": [0.5, 0.6]},
+        fingerprints=fp,
+        latency={"cpu/ce/20/p50_ms": 40.0, "cpu/ce/20/p95_ms": 45.0, "cpu/none/20/p50_ms": 5.0},
+        paired={
+            "hybrid/reranked-baseline/hit@5": {
+                "diff": 0.15,
+                "low": 0.1,
+                "high": 0.2,
+                "p_value": 0.001,
+            }
+        },
+    )
+    _record(
+        root / "1",
+        job_num=1,
+        name="arch=ce,negatives=2",
+        overrides=["arch=ce", "negatives=2"],
+        arch="ce",
+        base="minilm",
+        negatives=2,
+        epochs=1,
+        objective=[0.61],
+        metrics=_metrics(0.61),
+        fingerprints=fp,
+        latency={"cpu/ce/20/p50_ms": 41.0, "cpu/none/20/p50_ms": 5.0},
+    )
+    _record(
+        root / "2",
+        job_num=2,
+        name="arch=colbert,negatives=1",
+        overrides=["arch=colbert", "negatives=1"],
+        arch="colbert",
+        base="modernbert",
+        negatives=1,
+        epochs=1,
+        status="failed",
+        reason="UserError: model 'answerdotai/ModernBERT-base' is not available offline",
+    )
+    dead = dict(
+        job_num=3, name="arch=colbert,negatives=2", status="running", host=None, pid=2**22 + 12345
+    )
+    _record(root / "3", **dead)
+    import socket
+
+    rec = json.loads((root / "3" / "record.json").read_text())
+    rec["host"] = socket.gethostname()
+    (root / "3" / "record.json").write_text(json.dumps(rec))
+
+
+def test_report_tables_mark_best_and_show_failed_and_dead_jobs(tmp_path: Path) -> None:
+    _sweep(tmp_path)
+    report = build_report(tmp_path)
+    md = report.markdown
+    assert "2 completed" in md and "1 failed" in md and "1 died" in md
+    assert "ModernBERT-base' is not available offline" in md
+    # best reranked cell per column is bold, with the interval where one was recorded
+    assert "| ce-minilm-2neg-1ep | **61.0** | **61.0** | **61.0** |" in md
+    assert "| ce-minilm-1neg-1ep | 55.0 | 55.0 | 55.0 [50.0, 60.0] |" in md
+    # the reference rows appear once although two runs share the candidates
+    assert md.count("| baseline |") == 1 and md.count("| ceiling |") == 1
+    assert "+15.0 points [+10.0, +20.0], p=0.001 (significant)" in md
+    assert "| cpu | ce | 20 | 40.0 | 45.0 |" in md
+    names = sorted(p.name for p in report.plots)
+    assert names == ["param_negatives.png", "quality_vs_latency.png"]
+    for plot in report.plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_is_self_contained(tmp_path: Path) -> None:
+    _sweep(tmp_path)
+    assert main([str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "<table>" in page and "data:image/png;base64," in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "no external resources"
+    assert "<script" not in page
+
+
+def test_report_of_a_missing_dir_is_one_line_error(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
