@@ -1,0 +1,416 @@
+"""Our trained rerankers as `lancedb.rerankers.Reranker`s, so the path we measure is the path
+users run: `tbl.search(query_type="hybrid").vector(v).text(q).rerank(reranker=ours).limit(k)`.
+
+`load_reranker(model_artifact_dir)` reads the artifact's reranker.json and returns a
+`CrossEncoderReranker` (sentence-transformers CrossEncoder, raw logits as scores) or a
+`ColBERTReranker` (PyLate ColBERT, MaxSim). Both are batched, device-aware and can run under
+bf16 autocast. Scores are float32; the ranking is a stable sort on descending score, so ties
+keep the incoming order (vector leg first, then the FTS leg's new rows, for hybrid).
+
+Evaluation scores every unique (query, text) pair once in one length-sorted batched pass and
+`prime`s the reranker with the results; the `rerank_*` methods then look scores up instead of
+running the model again, for every k and query type.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from lancedb.rerankers import Reranker
+
+from rerank_sweeps.config import UserError
+
+log = logging.getLogger(__name__)
+
+RERANKER_JSON = "reranker.json"
+RELEVANCE = "_relevance_score"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_bf16(setting: str | bool, device: str) -> bool:
+    """Resolve `eval.bf16` (auto | true | false) for `device`.
+
+    auto: on for CUDA devices that support bf16 and for CPUs with a bf16 fast path; off
+    elsewhere (emulated bf16 on an old CPU is slower than fp32).
+    """
+    value = str(setting).lower()
+    if value in ("true", "false"):
+        return value == "true"
+    if value != "auto":
+        raise UserError(f"bf16={setting!r} is not allowed: one of auto, true, false")
+    if device.startswith("cuda"):
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return cpu_has_fast_bf16()
+
+
+def rerank_order(scores: np.ndarray) -> np.ndarray:
+    """Indices that sort `scores` descending; ties keep their incoming order (stable)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")
+
+
+def _first_occurrences(keys: Sequence[Any]) -> np.ndarray:
+    seen: set[Any] = set()
+    mask = np.zeros(len(keys), dtype=bool)
+    for i, key in enumerate(keys):
+        if key not in seen:
+            seen.add(key)
+            mask[i] = True
+    return mask
+
+
+class ModelReranker(Reranker):
+    """A LanceDB reranker whose relevance is a model's score of (query, row text).
+
+    Subclasses implement `_score_pairs(queries, texts)`. LanceDB's base class keeps its
+    return-score mode in an attribute named `score`, which would hide our `score(query,
+    texts)` method; the `score` property below serves the method and stores the mode in
+    `return_score` (this class's rerank methods read that instead).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        device: str = "auto",
+        bf16: str | bool = "auto",
+        batch_size: int = 64,
+        column: str = "text",
+        id_column: str = "id",
+        meta: dict[str, Any] | None = None,
+        return_score: str = "relevance",
+    ) -> None:
+        from rerank_sweeps.index import resolve_device
+
+        super().__init__(return_score)
+        self.model_dir = Path(model_dir)
+        self.device = resolve_device(device)
+        self.bf16 = resolve_bf16(bf16, self.device)
+        self.batch_size = int(batch_size)
+        self.column = column
+        self.id_column = id_column
+        self.meta = dict(meta or {})
+        self._primed: dict[tuple[str, str], float] = {}
+        # Threads tokenising ahead of the model: worth it where the forward pass does not
+        # occupy the CPU (a GPU); on a CPU they would only compete with torch's own threads.
+        self.tokenize_workers = 4 if self.device.startswith("cuda") else 0
+        self.forward_seconds = 0.0  # time inside the model's forward passes
+        self.pairs_scored = 0  # (query, text) pairs that went through the model
+
+    # -- the `score` name: method for us, mode string for LanceDB's base class --------------
+    @property
+    def score(self):  # type: ignore[override]
+        """`score(query, texts) -> np.ndarray` (float32, higher = more relevant)."""
+        return self.score_texts
+
+    @score.setter
+    def score(self, mode: str) -> None:
+        self.return_score = mode
+
+    def __str__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self.model_dir}, device={self.device}, bf16={self.bf16})"
+        )
+
+    # -- scoring ----------------------------------------------------------------------------
+    def score_texts(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """Scores of `texts` for `query`, from the primed table where present, else the model."""
+        texts = list(texts)
+        out = np.empty(len(texts), dtype=np.float32)
+        missing = []
+        for i, text in enumerate(texts):
+            hit = self._primed.get((query, text))
+            if hit is None:
+                missing.append(i)
+            else:
+                out[i] = hit
+        if missing:
+            got = self.score_pairs([query] * len(missing), [texts[i] for i in missing])
+            out[missing] = got
+        return out
+
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """Model scores of the pairs (queries[i], texts[i]): float32, batched across queries."""
+        if len(queries) != len(texts):
+            raise ValueError("score_pairs needs as many queries as texts")
+        if not len(queries):
+            return np.empty(0, dtype=np.float32)
+        scores = np.asarray(self._score_pairs(list(queries), list(texts)), dtype=np.float32)
+        self.pairs_scored += len(queries)
+        return scores
+
+    def _score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def prime(self, pairs: Iterable[tuple[str, str]], scores: Iterable[float]) -> None:
+        """Remember precomputed scores so that reranking looks them up instead of rescoring."""
+        for pair, value in zip(pairs, scores, strict=True):
+            self._primed[pair] = float(np.float32(value))
+
+    def clear_primed(self) -> None:
+        """Forget all primed scores."""
+        self._primed.clear()
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    # -- LanceDB's Reranker interface -------------------------------------------------------
+    def _rerank(self, query: str, results: pa.Table) -> pa.Table:
+        results = self._handle_empty_results(results)
+        if results.num_rows == 0:
+            return results
+        scores = self.score_texts(query, results[self.column].to_pylist())
+        results = results.append_column(RELEVANCE, pa.array(scores, type=pa.float32()))
+        return results.take(pa.array(rerank_order(scores)))
+
+    def merge_results(self, vector_results: pa.Table, fts_results: pa.Table) -> pa.Table:
+        """Vector rows in their order, then FTS rows not seen yet, in theirs (dedup by row)."""
+        combined = pa.concat_tables([vector_results, fts_results], **self._concat_tables_args)
+        key = "_rowid" if "_rowid" in combined.column_names else self.id_column
+        return combined.filter(pa.array(_first_occurrences(combined[key].to_pylist())))
+
+    def _keep_relevance_score(self, combined_results: pa.Table) -> pa.Table:
+        if self.return_score == "relevance":
+            drop = [c for c in ("_score", "_distance") if c in combined_results.column_names]
+            combined_results = combined_results.drop_columns(drop)
+        return combined_results
+
+    def rerank_vector(self, query: str, vector_results: pa.Table) -> pa.Table:
+        """Rerank a vector search's rows."""
+        return self._keep_relevance_score(self._rerank(query, vector_results))
+
+    def rerank_fts(self, query: str, fts_results: pa.Table) -> pa.Table:
+        """Rerank a full-text search's rows."""
+        return self._keep_relevance_score(self._rerank(query, fts_results))
+
+    def rerank_hybrid(
+        self, query: str, vector_results: pa.Table, fts_results: pa.Table
+    ) -> pa.Table:
+        """Merge both legs (de-duplicated, vector order first) and rerank the union."""
+        if vector_results.num_rows == 0:
+            merged = fts_results
+        elif fts_results.num_rows == 0:
+            merged = vector_results
+        else:
+            merged = self.merge_results(vector_results, fts_results)
+        return self._keep_relevance_score(self._rerank(query, merged))
+
+
+def _length_sorted(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    # Sorting by length keeps padding (wasted compute) small inside each batch.
+    lengths = np.fromiter(
+        (len(q) + len(t) for q, t in zip(queries, texts, strict=True)), dtype=np.int64
+    )
+    return np.argsort(-lengths, kind="stable")
+
+
+class CrossEncoderReranker(ModelReranker):
+    """A sentence-transformers CrossEncoder; the score of a pair is its raw logit.
+
+    Raw logits rank exactly like the sigmoid probabilities but do not saturate into float32
+    ties at 1.0.
+    """
+
+    @cached_property
+    def model(self) -> Any:
+        """The CrossEncoder, loaded on first use."""
+        from sentence_transformers import CrossEncoder
+
+        max_length = self.meta.get("max_length")
+        ce = CrossEncoder(str(self.model_dir), device=self.device, max_length=max_length)
+        ce.model.eval()
+        return ce
+
+    def _score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        ce = self.model
+        order = _length_sorted(queries, texts)
+        max_length = ce.max_length or min(ce.tokenizer.model_max_length, 512)
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        local = threading.local()
+
+        def tokenize(idx: np.ndarray) -> Any:
+            # A fast tokenizer mutates its Rust state per call: one copy per worker thread.
+            if not hasattr(local, "tokenizer"):
+                local.tokenizer = ce.tokenizer if workers == 0 else copy.deepcopy(ce.tokenizer)
+            return local.tokenizer(
+                [queries[i] for i in idx],
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+
+        out = np.empty(len(queries), dtype=np.float32)
+        workers = self.tokenize_workers
+        if workers == 0:
+            for idx in batches:
+                out[idx] = self._forward(tokenize(idx))
+            return out
+        # On a GPU the forward pass is faster than tokenising on one core: worker threads
+        # tokenise the next batches (a bounded window) while the device runs this one.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            window = 2 * workers
+            pending = deque(pool.submit(tokenize, idx) for idx in batches[:window])
+            for n, idx in enumerate(batches):
+                features = pending.popleft().result()
+                if n + window < len(batches):
+                    pending.append(pool.submit(tokenize, batches[n + window]))
+                out[idx] = self._forward(features)
+        return out
+
+    def _forward(self, features: Any) -> np.ndarray:
+        import torch
+
+        features = features.to(self.device)
+        with torch.inference_mode(), self._autocast():
+            self._sync()
+            started = time.perf_counter()
+            logits = self.model.model(**features, return_dict=True).logits
+            self._sync()
+            self.forward_seconds += time.perf_counter() - started
+        logits = logits.float()
+        if logits.shape[-1] == 1:
+            scores = logits[:, 0]
+        else:  # a classifier head: log-probability of the last ("relevant") class
+            scores = torch.log_softmax(logits, dim=-1)[:, -1]
+        return scores.cpu().numpy()
+
+
+class ColBERTReranker(ModelReranker):
+    """A PyLate ColBERT; the score of a pair is MaxSim over token embeddings."""
+
+    @cached_property
+    def model(self) -> Any:
+        """The ColBERT model, loaded on first use, with forward timing hooks."""
+        from pylate import models
+
+        kwargs: dict[str, Any] = {"device": self.device}
+        if self.meta.get("query_length"):
+            kwargs["query_length"] = int(self.meta["query_length"])
+        if self.meta.get("max_length"):
+            kwargs["document_length"] = int(self.meta["max_length"])
+        colbert = models.ColBERT(str(self.model_dir), **kwargs)
+        colbert.eval()
+        modules = list(colbert.children())
+        started: list[float] = []
+
+        # PyLate calls `forward` directly, so the hooks sit on its first and last modules.
+        def begin(*_: Any) -> None:
+            self._sync()
+            started.append(time.perf_counter())
+
+        def end(*_: Any) -> None:
+            self._sync()
+            if started:
+                self.forward_seconds += time.perf_counter() - started.pop()
+
+        modules[0].register_forward_pre_hook(begin)
+        modules[-1].register_forward_hook(end)
+        return colbert
+
+    def _encode(self, texts: list[str], is_query: bool) -> list[Any]:
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            embeddings = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                is_query=is_query,
+                convert_to_numpy=False,
+                convert_to_tensor=False,
+                show_progress_bar=False,
+            )
+        return [e.float() for e in embeddings]
+
+    def _score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        import torch
+
+        unique_queries = list(dict.fromkeys(queries))
+        unique_texts = list(dict.fromkeys(texts))
+        q_emb = dict(zip(unique_queries, self._encode(unique_queries, True), strict=True))
+        d_emb = dict(zip(unique_texts, self._encode(unique_texts, False), strict=True))
+        out = np.empty(len(queries), dtype=np.float32)
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_query.setdefault(q, []).append(i)
+        for q, rows in by_query.items():
+            docs = [d_emb[texts[i]] for i in rows]
+            padded = torch.nn.utils.rnn.pad_sequence(docs, batch_first=True)
+            lengths = torch.tensor([d.shape[0] for d in docs], device=padded.device)
+            mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
+            sim = torch.einsum("qd,nld->nql", q_emb[q], padded)
+            sim = sim.masked_fill(~mask[:, None, :], float("-inf"))
+            out[rows] = sim.max(dim=2).values.sum(dim=1).cpu().numpy()
+        return out
+
+
+RERANKER_CLASSES: dict[str, type[ModelReranker]] = {
+    "ce": CrossEncoderReranker,
+    "colbert": ColBERTReranker,
+}
+
+
+def read_reranker_meta(model_artifact_dir: str | Path) -> dict[str, Any]:
+    """The artifact's reranker.json, or a one-line UserError."""
+    path = Path(model_artifact_dir) / RERANKER_JSON
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {model_artifact_dir} is not a model artifact")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not JSON ({err.msg})") from None
+    if meta.get("arch") not in RERANKER_CLASSES:
+        raise UserError(f"{path}: arch={meta.get('arch')!r} is not one of ce, colbert")
+    return meta
+
+
+def load_reranker(
+    model_artifact_dir: str | Path,
+    device: str = "auto",
+    bf16: str | bool = "auto",
+    batch_size: int = 64,
+) -> ModelReranker:
+    """The LanceDB reranker for a model artifact (`model/` + reranker.json); loads lazily."""
+    meta = read_reranker_meta(model_artifact_dir)
+    cls = RERANKER_CLASSES[meta["arch"]]
+    return cls(
+        Path(model_artifact_dir) / "model",
+        device=device,
+        bf16=bf16,
+        batch_size=batch_size,
+        meta=meta,
+    )
