@@ -93,14 +93,18 @@ class MiningConfig:
 
     model_id: str = "sentence-transformers/all-mpnet-base-v2"  # never the model being trained
     range_min: int = 0  # skip this many top-ranked answers (likely unlabelled positives)
-    range_max: int = 50  # look no deeper than this rank
+    range_max: int = 200  # look no deeper than this rank
     margin: float = 0.0
     margin_type: str = "relative"  # relative | absolute
     sampling_strategy: str = "top"  # top | random
     batch_size: int = 64
     max_seq_length: int = 128
+    dev_negatives: int = 10  # dev rows get max(dev_negatives, negatives) for the dev evaluators
+    bf16: str = "auto"  # miner dtype: auto (bf16 on AMX CPUs and bf16 GPUs) | true | false
 
     def __post_init__(self) -> None:
+        _check(self.dev_negatives >= 1, "mining.dev_negatives", self.dev_negatives, ">= 1")
+        _choice("mining.bf16", str(self.bf16).lower(), ("auto", "true", "false"))
         _choice("mining.margin_type", self.margin_type, ("relative", "absolute"))
         _choice("mining.sampling_strategy", self.sampling_strategy, ("top", "random"))
         _check(self.range_min >= 0, "mining.range_min", self.range_min, "an integer >= 0")
@@ -164,10 +168,28 @@ class IndexConfig:
     embedder: str = "sentence-transformers/all-MiniLM-L6-v2"  # never the reranker under test
     batch_size: int = 64
     ann: str | None = None  # e.g. IVF_HNSW_SQ; null = exact search
+    ann_partitions: int | None = None  # IVF partitions; null = sqrt(rows)
+    ann_nprobes: int = 20  # partitions probed per ANN query
+    ann_refine_factor: int | None = None  # re-rank refine_factor * k ANN hits exactly
 
     def __post_init__(self) -> None:
         if self.ann is not None:
             _choice("index.ann", self.ann, ("IVF_PQ", "IVF_HNSW_SQ", "IVF_HNSW_PQ", "IVF_FLAT"))
+        if self.ann_partitions is not None:
+            _check(
+                self.ann_partitions >= 1,
+                "index.ann_partitions",
+                self.ann_partitions,
+                "an integer >= 1 or null",
+            )
+        _check(self.ann_nprobes >= 1, "index.ann_nprobes", self.ann_nprobes, "an integer >= 1")
+        if self.ann_refine_factor is not None:
+            _check(
+                self.ann_refine_factor >= 1,
+                "index.ann_refine_factor",
+                self.ann_refine_factor,
+                "an integer >= 1 or null",
+            )
 
 
 @dataclass
@@ -211,8 +233,22 @@ class LatencyConfig:
     queries: int = 20  # distinct eval queries cycled through the timed iterations
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"])  # cuda skipped if absent
     optimizations: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    threads: int | None = None  # CPU threads for torch; null = torch's default (all cores)
+    batch_size: int = 64  # pairs per forward pass
+    sort_batch_size: int = 16  # pairs per forward pass under the `sort` optimisation
+    accuracy_queries: int | None = None  # eval queries re-scored per optimisation; null = all
+    max_hit_drop: float = 0.005  # flag an optimisation losing more hit@flag_k than this
+    flag_k: int = 5
 
     def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "latency.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.sort_batch_size >= 1, "latency.sort_batch_size", self.sort_batch_size, ">= 1")
+        _check(self.flag_k >= 1, "latency.flag_k", self.flag_k, "an integer >= 1")
+        _check(self.max_hit_drop >= 0, "latency.max_hit_drop", self.max_hit_drop, "a number >= 0")
+        if self.threads is not None:
+            _check(self.threads >= 1, "latency.threads", self.threads, "an integer >= 1 or null")
+        if self.accuracy_queries is not None:
+            _check(self.accuracy_queries >= 0, "latency.accuracy_queries", self.accuracy_queries, ">= 0")
         for n in self.candidates:
             _check(n >= 1, "latency.candidates", n, "integers >= 1")
         _check(self.warmup >= 0, "latency.warmup", self.warmup, "an integer >= 0")
