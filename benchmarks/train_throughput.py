@@ -283,9 +283,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {loadavg()}")
     results: list[dict] = []
-    # One untimed child first: on a fresh machine the first training process ran up to 2x
-    # slower (seen on an H100: 0.068-0.086 s/step, then 0.037 for the same path), whichever
-    # path it was.
+    # One untimed child first: on a fresh H100 machine the first training process ran
+    # 0.068-0.086 s/step and the same path 0.037 s/step in a later process.
     _run_child(args, args.arch[0], "plain", quiet=True)
     for arch in args.arch:
         for r in range(args.rounds):
