@@ -211,7 +211,9 @@ def test_dev_rows_never_repeat_the_positive():
 
 
 def test_schedule_fires_evaluations_within_an_epoch(tmp_path):
-    conf = toy_conf(tmp_path, "ce", "tiny_bert", "epochs=1", "arch.batch_size=16")
+    conf = toy_conf(
+        tmp_path, "ce", "tiny_bert", "epochs=1", "arch.batch_size=16", "arch.evals_per_epoch=2"
+    )
     assert train.schedule(256, conf) == {"steps_per_epoch": 16, "total": 16, "interval": 8}
     conf = toy_conf(
         tmp_path, "ce", "tiny_bert", "epochs=3", "arch.batch_size=16", "arch.evals_per_epoch=3"
