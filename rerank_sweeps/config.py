@@ -248,7 +248,12 @@ class LatencyConfig:
         if self.threads is not None:
             _check(self.threads >= 1, "latency.threads", self.threads, "an integer >= 1 or null")
         if self.accuracy_queries is not None:
-            _check(self.accuracy_queries >= 0, "latency.accuracy_queries", self.accuracy_queries, ">= 0")
+            _check(
+                self.accuracy_queries >= 0,
+                "latency.accuracy_queries",
+                self.accuracy_queries,
+                ">= 0",
+            )
         for n in self.candidates:
             _check(n >= 1, "latency.candidates", n, "integers >= 1")
         _check(self.warmup >= 0, "latency.warmup", self.warmup, "an integer >= 0")
