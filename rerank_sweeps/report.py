@@ -149,6 +149,8 @@ def _parse_latency_key(key: str) -> tuple[str, str, str, str] | None:
     if len(parts) != 4:
         return None
     device, system, candidates, stat = parts
+    if candidates == "eval":  # the accuracy of a latency setting, not a timing
+        return None
     return device, system, candidates, stat
 
 
