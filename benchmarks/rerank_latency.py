@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -43,15 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _offline import REPO  # noqa: E402  (puts the repo on sys.path, sets offline env)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "disabled")
+from rerank_sweeps.models import MINILM_ID  # noqa: E402
 
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 CANDIDATES_FILE = REPO / "benchmarks" / "wordnet_candidates.json"
 MAX_LENGTH, QUERY_LENGTH, EMBEDDING_SIZE = 96, 32, 128
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import statistics
@@ -33,14 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "disabled")
+from _offline import REPO  # noqa: E402  (puts the repo on sys.path, sets offline env)
 
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+from rerank_sweeps.models import MINILM_ID  # noqa: E402
+
 BATCH, MAX_LENGTH, QUERY_LENGTH, EMBEDDING_SIZE, LR = 16, 96, 32, 128, 2e-5
 SEED = 13
 
