@@ -312,7 +312,8 @@ class RunConfig:
         _check(self.overfetch >= 1, "overfetch", self.overfetch, "an integer >= 1")
         for name in self.objective:
             _check(
-                re.fullmatch(r"[^/]+/[^/]+/[^/@]+(@\d+)?", name) is not None,
+                re.fullmatch(r"[^/]+/[^/]+/[^/@]+(@\d+)?|[^/]+/[^/]+/[^/]+/[^/]+", name)
+                is not None,
                 "objective",
                 name,
                 'a metric key like "hybrid/reranked/hit@5" or a latency key like "cpu/ce/20/p50_ms"',

@@ -97,3 +97,10 @@ def test_bad_input_exits_nonzero_with_one_line(
     assert expected in lines[0]
     assert "hunter2" not in proc.stderr + proc.stdout
     assert not list(tmp_path.rglob("*.json")), "a rejected command must not start a run"
+
+
+def test_objective_accepts_metric_and_latency_keys_only() -> None:
+    conf = validate(compose_config(["objective=[hybrid/reranked/hit@5,cpu/ce/20/p50_ms]"]))
+    assert conf.objective == ["hybrid/reranked/hit@5", "cpu/ce/20/p50_ms"]
+    with pytest.raises(ConfigError, match="objective='hit5'"):
+        validate(compose_config(["objective=hit5"]))
