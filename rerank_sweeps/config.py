@@ -236,7 +236,7 @@ class LatencyConfig:
     threads: int | None = None  # CPU threads for torch; null = torch's default (all cores)
     batch_size: int = 64  # pairs per forward pass
     sort_batch_size: int = 16  # pairs per forward pass under the `sort` optimisation
-    accuracy_queries: int | None = None  # eval queries re-scored per optimisation; null = all
+    accuracy_queries: int | None = 100  # first eval queries for each optimisation; null = all
     max_hit_drop: float = 0.005  # flag an optimisation losing more hit@flag_k than this
     flag_k: int = 5
 

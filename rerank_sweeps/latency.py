@@ -225,25 +225,59 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def reusable_eval_scores(job: dict[str, Any], optimization: str) -> Path | None:
+    """The evaluation's cached scores file when they are what `optimization` would compute.
+
+    Evaluation scores every eval candidate once (the `scores` stage); re-scoring them here for
+    the same model, device type and numerics would only repeat that work. fp32 matches scores
+    made without autocast, `autocast` scores made with it; every other optimisation changes the
+    numerics and is re-scored.
+    """
+    cached = job.get("eval_scores")
+    if not cached or cached["device"] != job["device"].split(":")[0]:
+        return None
+    if (optimization == "fp32" and not cached["bf16"]) or (
+        optimization == "autocast" and cached["bf16"]
+    ):
+        return Path(cached["path"])
+    return None
+
+
 def _accuracy(
-    reranker: Any, system: str, items: list[Any], texts: dict[str, str], job: dict[str, Any]
+    reranker: Any,
+    system: str,
+    items: list[Any],
+    texts: dict[str, str],
+    job: dict[str, Any],
+    cached_scores: Path | None = None,
 ) -> dict[str, float]:
-    """hit@k of `reranker` on the eval candidates, through evaluate's own functions."""
+    """hit@k of `reranker` on the eval candidates, through evaluate's own functions.
+
+    With `cached_scores` (a scores artifact dir, see `reusable_eval_scores`) the pairs' scores
+    are read from it instead of being recomputed.
+    """
     from rerank_sweeps import evaluate as ev
 
     if not items:
         return {}
     from tqdm.auto import tqdm
 
-    # Chunks of queries, so the bar moves; score_items keeps each chunk in one batched pass.
-    scores: list[np.ndarray] = []
-    with tqdm(total=len(items), desc=f"re-score eval candidates ({system})", unit="query") as bar:
-        for start in range(0, len(items), ACCURACY_CHUNK):
-            chunk = items[start : start + ACCURACY_CHUNK]
-            scores.extend(ev.score_items(reranker, chunk, texts, system))
-            bar.update(len(chunk))
     pairs = ev.unique_pairs(items, texts)
-    flat = np.concatenate(scores) if scores else np.empty(0, dtype=np.float32)
+    if cached_scores is not None:
+        art = Artifact("scores", cached_scores.name, cached_scores, True)
+        read = ev.read_scores(art, items, texts)
+        flat = np.asarray([s for _, s in read], dtype=np.float32)
+        log.info("latency: %s accuracy from the evaluation's cached scores", system)
+    else:
+        # Chunks of queries, so the bar moves; score_items keeps each chunk in one batched pass.
+        scores: list[np.ndarray] = []
+        desc = f"re-score eval candidates ({system})"
+        with tqdm(total=len(items), desc=desc, unit="query") as bar:
+            for start in range(0, len(items), ACCURACY_CHUNK):
+                chunk = items[start : start + ACCURACY_CHUNK]
+                scores.extend(ev.score_items(reranker, chunk, texts, system))
+                bar.update(len(chunk))
+        flat = np.concatenate(scores) if scores else np.empty(0, dtype=np.float32)
     reranker.prime(((items[n].question, texts[d]) for n, d in pairs), flat.tolist())
     out: dict[str, float] = {}
     try:
@@ -359,7 +393,9 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
             bar.update(runs_per_system)
             continue
         entry: dict[str, Any] = {"latency": {}}
-        entry["accuracy"] = _accuracy(reranker, name, accuracy_items, texts, job)
+        cached = reusable_eval_scores(job, optimization)
+        entry["accuracy"] = _accuracy(reranker, name, accuracy_items, texts, job, cached)
+        entry["accuracy_source"] = "evaluation scores (cached)" if cached else "re-scored"
         for n in job["candidates"]:
             parts = time_pipeline(
                 latency_queries,
@@ -517,8 +553,13 @@ def build_job(
     index_art: Artifact,
     cand_art: Artifact,
     model_art: Artifact,
+    scores_art: Artifact | None = None,
 ) -> dict[str, Any]:
-    """The JSON job a measuring process runs (device added per process)."""
+    """The JSON job a measuring process runs (device added per process).
+
+    `scores_art` is the evaluation's scores artifact for this model, reused for the accuracy
+    of the optimisation whose numerics it matches (`reusable_eval_scores`).
+    """
     from rerank_sweeps.rerankers import read_reranker_meta
     from rerank_sweeps.speedups import parse_optimization
 
@@ -550,6 +591,18 @@ def build_job(
         "accuracy_ks": accuracy_ks(conf, depth),
         "query_types": list(conf.query_type.types),
         "overfetch": conf.overfetch,
+        "eval_scores": _eval_scores_info(scores_art),
+    }
+
+
+def _eval_scores_info(scores_art: Artifact | None) -> dict[str, Any] | None:
+    if scores_art is None:
+        return None
+    stats = json.loads((Path(scores_art.path) / "stats.json").read_text())
+    return {
+        "path": str(Path(scores_art.path).resolve()),
+        "device": str(stats["device"]).split(":")[0],
+        "bf16": bool(stats["bf16"]),
     }
 
 
@@ -560,6 +613,7 @@ def latency_stage(
     cand_art: Artifact,
     model_art: Artifact,
     run_dir: Path,
+    scores_art: Artifact | None = None,
 ) -> dict[str, float]:
     """Measure the run's reranker and the no-reranker baseline on every available device.
 
@@ -570,7 +624,7 @@ def latency_stage(
     from rerank_sweeps.speedups import system_name
 
     started = time.perf_counter()
-    job = build_job(conf, split_art, index_art, cand_art, model_art)
+    job = build_job(conf, split_art, index_art, cand_art, model_art, scores_art)
     devices, skipped = available_devices(conf.latency.devices)
     reference = system_name(job["arch"], "fp32")
     flag_keys = [f"{qt}-hit@{conf.latency.flag_k}" for qt in job["query_types"]]

@@ -86,6 +86,20 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(conf)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = resolved_config(cfg)
+    finished = tracking.completed_record(run_dir, config)
+    if finished is not None:
+        # A resumed sweep (a fixed hydra.sweep.dir, the same command again) keeps the jobs
+        # that finished instead of measuring them again; delete record.json to rerun one.
+        log.info("%s already holds a completed run of this config: kept as it is", run_dir)
+        return RunResult(
+            run_dir=run_dir,
+            objective=[float(v) for v in finished.get("objective", [])],
+            metrics=finished.get("metrics", {}),
+            intervals=finished.get("intervals", {}),
+            paired=finished.get("paired", {}),
+            latency=finished.get("latency", {}),
+            stage_seconds=finished.get("stage_seconds", {}),
+        )
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     job = tracking.hydra_job_info()
     record = tracking.RunRecord(run_dir, conf, config, job)
@@ -167,8 +181,19 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
             from rerank_sweeps import latency as latency_mod
 
             with timer("latency"):
+                # A cache hit: the evaluation just built it. Its scores are reused for the
+                # latency system with the same numerics instead of being computed again.
+                scores_art = evaluate.scores_stage(
+                    conf, cache, arts["split"], arts["candidates"], arts["model"], "reranked"
+                )
                 latency = latency_mod.latency_stage(
-                    conf, arts["split"], arts["index"], arts["candidates"], arts["model"], run_dir
+                    conf,
+                    arts["split"],
+                    arts["index"],
+                    arts["candidates"],
+                    arts["model"],
+                    run_dir,
+                    scores_art,
                 )
 
     metrics = results.get("metrics", {})

@@ -262,7 +262,9 @@ def test_latency_stage_end_to_end(tmp_path, outputs):
     results = evaluate.evaluate(conf, cache, split, cand, {"reranked": model}, tmp_path / "eval")
 
     run_dir = tmp_path / "run"
-    flat = latency.latency_stage(conf, split, idx, cand, model, run_dir)
+    scores = evaluate.scores_stage(conf, cache, split, cand, model, "reranked")
+    assert scores.hit  # the evaluation built it
+    flat = latency.latency_stage(conf, split, idx, cand, model, run_dir, scores)
 
     assert all(KEY.match(k) for k in flat), [k for k in flat if not KEY.match(k)]
     for system in ("none", "ce", "ce+bf16+sort"):
@@ -274,7 +276,9 @@ def test_latency_stage_end_to_end(tmp_path, outputs):
             assert stats["retrieval_p50_ms"] > 0
             assert ("rerank_p50_ms" in stats) == (system != "none")
     assert "cpu/ce+bf16+sort/4/speedup" in flat
-    # fp32 re-scoring goes through evaluate's own path: the same checkpoint, the same number.
+    # fp32 reuses the evaluation's fp32 scores; the bf16 weights are re-scored.
+    assert systems_of(run_dir)["ce"]["accuracy_source"] == "evaluation scores (cached)"
+    assert systems_of(run_dir)["ce+bf16+sort"]["accuracy_source"] == "re-scored"
     assert flat["cpu/ce/eval/vector-hit@5"] == pytest.approx(
         results["metrics"]["vector/reranked/hit@5"]
     )
@@ -297,6 +301,35 @@ def test_latency_stage_end_to_end(tmp_path, outputs):
     if not torch.cuda.is_available():
         assert report["skipped_devices"] == {"cuda": "torch sees no CUDA device"}
     assert "| ce+bf16+sort |" in (run_dir / "latency.md").read_text()
+
+
+def systems_of(run_dir: Path) -> dict:
+    """The cpu systems of a run's latency.json."""
+    return json.loads((run_dir / "latency.json").read_text())["devices"]["cpu"]["systems"]
+
+
+@pytest.mark.parametrize(
+    ("device", "eval_device", "eval_bf16", "optimization", "reused"),
+    [
+        ("cpu", "cpu", False, "fp32", True),
+        ("cpu", "cpu", True, "fp32", False),  # bf16 evaluation scores are not fp32 scores
+        ("cpu", "cpu", True, "autocast", True),
+        ("cpu", "cpu", False, "autocast", False),
+        ("cpu", "cpu", True, "bf16", False),  # bf16 weights differ from autocast
+        ("cuda:0", "cuda", False, "fp32", True),
+        ("cuda:0", "cpu", False, "fp32", False),  # other device, other kernels
+    ],
+)
+def test_eval_scores_reused_only_for_the_same_numerics(
+    device, eval_device, eval_bf16, optimization, reused
+):
+    job = {
+        "device": device,
+        "eval_scores": {"path": "/x/scores/abc", "device": eval_device, "bf16": eval_bf16},
+    }
+    got = latency.reusable_eval_scores(job, optimization)
+    assert (got == Path("/x/scores/abc")) if reused else got is None
+    assert latency.reusable_eval_scores({"device": "cpu", "eval_scores": None}, "fp32") is None
 
 
 def test_bad_optimisation_fails_before_measuring(tmp_path):
