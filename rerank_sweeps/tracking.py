@@ -118,6 +118,18 @@ def hydra_job_info() -> JobInfo:
     return JobInfo(name=name, overrides=overrides, num=num, sweep_dir=sweep_dir, group=group)
 
 
+def completed_record(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The record in `run_dir` if it is a completed run of exactly `config`, else None."""
+    path = Path(run_dir) / RECORD
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("status") == "completed" and data.get("config") == config:
+        return data
+    return None
+
+
 class RunRecord:
     """The run's entry in the local results store (`<run_dir>/record.json`)."""
 

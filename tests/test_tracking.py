@@ -118,3 +118,36 @@ def test_failed_and_killed_runs_are_recorded_as_such(tmp_path: Path) -> None:
     assert by_name["a"]["reason"] == "RuntimeError: CUDA out of memory with details"
     assert by_name["b"]["status"] == "died"
     assert not list(tmp_path.rglob("*.tmp")), "atomic writes leave no temp files"
+
+
+def test_a_completed_run_of_the_same_config_is_kept_and_anything_else_reruns(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A resumed sweep (fixed sweep dir, same command) keeps its finished jobs."""
+    from rerank_sweeps import pipeline
+
+    calls: list[Path] = []
+
+    def stages(conf, cache, timer, run_dir):  # the stages themselves are tested elsewhere
+        calls.append(run_dir)
+        return pipeline.RunResult(
+            run_dir=run_dir, objective=[0.5], metrics={"hybrid/reranked/hit@5": 0.5}
+        )
+
+    monkeypatch.setattr(pipeline, "_run_stages", stages)
+    cfg = compose_config(["experiment=tiny", f"paths.root={tmp_path}"])
+    run_dir = tmp_path / "sweep" / "0"
+    pipeline.run(cfg, run_dir)
+    before = json.loads((run_dir / "record.json").read_text())
+    again = pipeline.run(cfg, run_dir)
+    assert len(calls) == 1  # nothing ran the second time
+    assert again.objective == [0.5] and again.metrics == {"hybrid/reranked/hit@5": 0.5}
+    assert json.loads((run_dir / "record.json").read_text()) == before
+
+    pipeline.run(compose_config(["experiment=tiny", f"paths.root={tmp_path}", "seed=14"]), run_dir)
+    assert len(calls) == 2  # another config in the same dir runs
+
+    failed = json.loads((run_dir / "record.json").read_text()) | {"status": "failed"}
+    (run_dir / "record.json").write_text(json.dumps(failed))
+    pipeline.run(compose_config(["experiment=tiny", f"paths.root={tmp_path}", "seed=14"]), run_dir)
+    assert len(calls) == 3  # a failed job runs again
