@@ -58,7 +58,8 @@ def _fmt(value: float | None, interval: Sequence[float] | None = None, bold: boo
     return f"**{text}**" if bold else text
 
 
-def _metric_ks(records: list[dict[str, Any]]) -> list[int]:
+def metric_ks(records: list[dict[str, Any]]) -> list[int]:
+    """Every k with a hit@k metric in some record, ascending."""
     ks = set()
     for r in records:
         for key in r.get("metrics", {}):
@@ -72,7 +73,7 @@ def quality_tables(records: list[dict[str, Any]], metric: str = "hit") -> str:
     """For each k: rows = runs plus reference rows; columns = query types; best cell in bold."""
     completed = [r for r in records if r.get("status") == "completed" and r.get("metrics")]
     out = []
-    for k in _metric_ks(completed):
+    for k in metric_ks(completed):
         rows: list[tuple[str, dict[str, Any], str]] = []
         seen_refs: set[tuple[str, str]] = set()
         for r in completed:
@@ -199,7 +200,7 @@ def significance(records: list[dict[str, Any]]) -> str:
             if not isinstance(stats, dict):
                 continue
             diff, p = stats.get("diff"), stats.get("p_value", stats.get("p"))
-            low, high = stats.get("low"), stats.get("high")
+            low, high = (stats.get("interval") or [stats.get("low"), stats.get("high")])[:2]
             if diff is None:
                 continue
             sig = "significant" if p is not None and p < 0.05 else "not significant"
@@ -404,10 +405,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--objective", default=None, help='metric for plots, e.g. "hybrid/reranked/hit@5"'
     )
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        help="also write the results page (e.g. docs/results.md; see rerank_sweeps.publish)",
+    )
+    parser.add_argument(
+        "--readme", type=Path, default=None, help="with --publish: update this README's findings"
+    )
+    parser.add_argument(
+        "--blog",
+        type=Path,
+        default=None,
+        help="with --publish: the blog's numbers (default: blog_numbers.md beside the page)",
+    )
     args = parser.parse_args(argv)
     if not args.root.exists():
         print(f"error: {args.root} does not exist", file=sys.stderr)
         return 2
+    if args.publish is not None:
+        from rerank_sweeps.publish import build_page
+
+        blog = args.blog or args.publish.parent / "blog_numbers.md"
+        if not blog.is_file():
+            print(f"error: the blog's numbers {blog} do not exist (--blog)", file=sys.stderr)
+            return 2
+        build_page(args.root, args.publish, args.readme, blog)
+        print(f"results page: {args.publish}")
     report = build_report(args.root, args.out, args.objective)
     out = args.out or args.root
     print(report.markdown)

@@ -1,0 +1,206 @@
+"""docs/results.md: the blog's numbers parsed, paired comparisons hand-checked, page and README."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rerank_sweeps import publish
+from rerank_sweeps.report import main
+
+REPO = Path(__file__).resolve().parents[1]
+BLOG = REPO / "docs" / "blog_numbers.md"
+QIDS = ["q1", "q2", "q3", "q4"]
+
+
+def test_blog_numbers_parse_to_the_transcribed_values():
+    blog = publish.parse_blog(BLOG)
+    assert blog.baseline == {
+        ("vector", 5): 48.75,
+        ("vector", 10): 60.30,
+        ("fts", 5): 33.10,
+        ("fts", 10): 39.25,
+    }
+    assert blog.untrained == {
+        ("vector", 5): 9.70,
+        ("fts", 5): 4.30,
+        ("vector", 10): 9.20,
+        ("fts", 10): 4.75,
+    }
+    assert len(blog.trained) == 11 + 12  # the @5 and @10 tables
+    row = blog.row("colbert", "modernbert", 2, 1, 5)
+    assert row is not None and row.values == {"vector": 54.10, "fts": 46.95, "hybrid": 53.25}
+    row = blog.row("ce", "minilm", None, 1, 10)
+    assert row is not None and row.name == "cross-encoder_minilm_tuned_1_epoch"
+    assert row.values["fts"] == 55.95
+    assert blog.row("ce", "minilm", 2, 1, 5) is None
+    assert blog.latency_gpu["CE MiniLM"] == {20: 24.79, 50: 48.99, 100: 82.56}
+    assert blog.latency_cpu["ColBERT answerai v1"] == 137.59
+    assert blog.latency_cpu["none"] == 53.85
+
+
+def _trec(run_dir: Path, name: str, hit_qids: set[str]) -> None:
+    """A TREC run over QIDS whose top 5 holds the relevant doc exactly for `hit_qids`."""
+    lines = []
+    for qid in QIDS:
+        docs = [f"x{qid}{i}" for i in range(6)]
+        if qid in hit_qids:
+            docs[2] = f"d{qid}"
+        else:
+            docs[5] = f"d{qid}"  # relevant, but at rank 6: a miss at k=5
+        lines += [f"{qid} Q0 {d} {r} {7 - r} {name}" for r, d in enumerate(docs, 1)]
+    (run_dir / "runs" / f"{name}.trec").write_text("\n".join(lines) + "\n")
+
+
+def _run(root: Path, num: int, negatives: int, reranked: set[str]) -> dict:
+    run_dir = root / str(num)
+    (run_dir / "runs").mkdir(parents=True)
+    (run_dir / "qrels.trec").write_text("".join(f"{q} 0 d{q} 1\n" for q in QIDS))
+    systems = {"reranked": reranked, "baseline": {"q1"}, "untrained": set(), "ceiling": set(QIDS)}
+    metrics = {}
+    for qt in ("vector", "fts", "hybrid"):
+        for system, hits in systems.items():
+            _trec(run_dir, f"{qt}-{system}@5", hits)
+            metrics[f"{qt}/{system}/hit@5"] = len(hits) / len(QIDS)
+    latency = {
+        "cpu/none/20/p50_ms": 20.0,
+        "cpu/none/20/mean_ms": 21.0,
+        "cpu/ce/20/p50_ms": 100.0 + negatives,
+        "cpu/ce/20/mean_ms": 110.0,
+        "cpu/ce/20/rerank_p50_ms": 80.0,
+    }
+    record = {
+        "status": "completed",
+        "run_dir": str(run_dir),
+        "host": "elsewhere",
+        "pid": 1,
+        "job_num": num,
+        "name": f"negatives={negatives}",
+        "overrides": [f"negatives={negatives}", "experiment=cpu_grid"],
+        "arch": "ce",
+        "base": "minilm",
+        "negatives": negatives,
+        "epochs": 1,
+        "objective_names": ["hybrid/reranked/hit@5"],
+        "objective": [metrics["hybrid/reranked/hit@5"]],
+        "metrics": metrics,
+        "intervals": {},
+        "latency": latency,
+        "stage_seconds": {"split": 1.0, "model": 30.0, "evaluate": 5.0},
+        "cache_events": [{"stage": "split", "hit": num > 0}],
+        "config": {
+            "data": {
+                "num_train": 1000,
+                "num_dev": 100,
+                "num_eval": 4,
+                "corpus_size": 50,
+                "source": "wordnet",
+            },
+            "overfetch": 4,
+            "latency": {"accuracy_queries": 50},
+        },
+        "versions": {"torch": "x"},
+        "git_commit": "abc",
+        "started": f"2026-11-26T10:0{num}:00",
+        "ended": f"2026-11-26T10:0{num}:30",
+    }
+    (run_dir / "record.json").write_text(json.dumps(record))
+    return record
+
+
+def test_per_query_hits_and_paired_difference_hand_checked(tmp_path):
+    one = _run(tmp_path, 0, 1, {"q1", "q2"})
+    two = _run(tmp_path, 1, 2, set(QIDS))
+    assert publish.per_query_hits(Path(one["run_dir"]), "vector", "reranked", 5) == {
+        "q1": 1.0,
+        "q2": 1.0,
+        "q3": 0.0,
+        "q4": 0.0,
+    }
+    p = publish.between(two, one, "vector", 5)
+    # diffs 0, 0, 1, 1: mean 0.5; flipping signs reaches |mean| >= 0.5 in half the cases.
+    assert p.diff == pytest.approx(0.5) and p.n == 4
+    assert 0.4 < p.p_value < 0.6 and not p.significant
+    assert p.low == pytest.approx(0.0) and p.high == pytest.approx(1.0)
+    reranked_vs_baseline = publish.between(one, one, "vector", 5, "reranked", "baseline")
+    assert reranked_vs_baseline.diff == pytest.approx(0.25)
+
+
+def _paired(diff: float, p: float) -> publish.Paired:
+    return publish.Paired(diff, diff - 0.1, diff + 0.1, p, 200)
+
+
+def test_verdicts_follow_significance_and_sign():
+    assert publish._verdict([_paired(0.1, 0.01), _paired(0.02, 0.4)], 1).startswith("reproduced")
+    assert publish._verdict([_paired(-0.1, 0.01)], 1).startswith("not reproduced")
+    assert publish._verdict([_paired(-0.1, 0.01), _paired(0.1, 0.01)], 1).startswith("mixed")
+    assert publish._verdict([_paired(0.1, 0.2)], 1).startswith("not shown")
+    assert publish._verdict([_paired(-0.3, 0.001)], -1).startswith("reproduced")
+    assert publish._verdict([], 1) == "not measured"
+
+
+def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
+    root = tmp_path / "sweep"
+    _run(root, 0, 1, {"q1", "q2"})
+    _run(root, 1, 2, set(QIDS))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(BLOG, docs / "blog_numbers.md")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{publish.README_START}\nold text\n{publish.README_END}\noutro\n")
+    page_path = docs / "results.md"
+    argv = [
+        str(root),
+        "--out",
+        str(tmp_path / "rep"),
+        "--publish",
+        str(page_path),
+        "--readme",
+        str(readme),
+    ]
+    assert main(argv) == 0
+    page = page_path.read_text()
+    assert "python -m rerank_sweeps -m negatives=1,2 experiment=cpu_grid" in page
+    # Ours beside the blog: the no-reranker row (25.0 everywhere; the blog has 48.75 and 33.10).
+    assert "| no reranker | 25.0 | 25.0 | 25.0 | no reranker | 48.75 | 33.10 | – |" in page
+    assert (
+        "| ce-minilm-1neg-1ep | 50.0 | 50.0 | 50.0 | `cross-encoder_minilm_tuned_1_epoch` "
+        "(negatives not stated) | 50.95 | 50.10 | 51.50 |" in page
+    )
+    assert "| ce-minilm-2neg-1ep | 100.0 | 100.0 | 100.0 | – |" in page
+    assert "ce-minilm, 2 - 1 negatives: vector hit@5 +50.0 [+0.0, +100.0]" in page
+    assert "hit@10" not in page.split("## Our tables")[0]  # only the k the runs measured
+    assert (docs / "results_quality_vs_latency.png").stat().st_size > 1000
+    assert "| ce-minilm-2neg-1ep | 1 (cached) | – | 30 | – | – | 5 | – | 36 |" in page
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old text" not in text
+    assert "**More hard negatives help**: not shown" in text
+    assert main(argv) == 0
+    assert readme.read_text() == text  # regenerating changes nothing
+
+
+def test_publish_refuses_a_readme_without_the_block_and_a_missing_blog_file(tmp_path):
+    root = tmp_path / "sweep"
+    _run(root, 0, 1, {"q1"})
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    cmd = [sys.executable, "-m", "rerank_sweeps.report", str(root), "--publish"]
+    out = subprocess.run(
+        [*cmd, str(tmp_path / "results.md"), "--blog", str(BLOG), "--readme", str(readme)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode != 0 and "has no" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(
+        [*cmd, str(tmp_path / "nowhere" / "results.md")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2 and "blog" in out.stderr and "Traceback" not in out.stderr
