@@ -14,13 +14,19 @@ from omegaconf import DictConfig
 from rerank_sweeps.tracking import load_records, write_json_atomic
 
 log = logging.getLogger(__name__)
+RETRIED = ", retried"  # status suffix of an attempt whose job later completed
 
 
 def summarize(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
-    """The jobs of a sweep (from their records) and a printable summary table."""
+    """The jobs of a sweep (from their records) and a printable summary table.
+
+    An unfinished attempt whose job completed later gets the status suffix `RETRIED`.
+    """
     records = sorted(
         load_records(sweep_dir), key=lambda r: (r.get("job_num") is None, r.get("job_num"))
     )
+    for i in superseded(records):
+        records[i]["status"] += RETRIED
     lines = [f"{'job':>4}  {'status':<9}  {'objective':>9}  {'seconds':>7}  overrides  (run dir)"]
     for r in records:
         objective = r.get("objective") or []
@@ -39,6 +45,24 @@ def summarize(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
     return records, "\n".join(lines)
 
 
+def superseded(records: list[dict[str, Any]]) -> set[int]:
+    """Indexes of unfinished records whose job (same overrides) later completed.
+
+    A resumed sweep runs a killed or lost job again, e.g. the Optuna sweeper's retry of a trial
+    whose worker died: the retry's success answers for the job, the dead attempt does not.
+    """
+    done: dict[tuple[str, ...], list[str]] = {}
+    for r in records:
+        if r.get("status") == "completed":
+            done.setdefault(tuple(r.get("overrides") or []), []).append(str(r.get("started")))
+    return {
+        i
+        for i, r in enumerate(records)
+        if r.get("status") != "completed"
+        and any(s >= str(r.get("started")) for s in done.get(tuple(r.get("overrides") or []), []))
+    }
+
+
 class SweepSummary(Callback):
     """Hydra callback: print and save the sweep summary; exit non-zero if a job failed."""
 
@@ -48,7 +72,8 @@ class SweepSummary(Callback):
         records, table = summarize(sweep_dir)
         if not records:
             return
-        failed = [r for r in records if r["status"] != "completed"]
+        retried = [r for r in records if r["status"].endswith(RETRIED)]
+        failed = [r for r in records if r["status"] != "completed" and r not in retried]
         write_json_atomic(
             sweep_dir / "sweep_summary.json",
             [
@@ -69,7 +94,8 @@ class SweepSummary(Callback):
             ],
         )
         print(
-            f"\nSweep summary ({len(records) - len(failed)} completed, {len(failed)} failed): {sweep_dir}"
+            f"\nSweep summary ({len(records) - len(failed) - len(retried)} completed, "
+            f"{len(retried)} retried and then completed, {len(failed)} failed): {sweep_dir}"
         )
         print(table)
         if failed:

@@ -75,3 +75,42 @@ def test_grid_through_submitit_local_completes_from_the_warm_cache(grid) -> None
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [j["status"] for j in jobs] == ["completed", "completed"]
     assert all("model" in j["cache_hits"] for j in jobs)
+
+
+def _attempt(root: Path, num: int, status: str, started: str, overrides: list[str]) -> None:
+    run_dir = root / str(num)
+    run_dir.mkdir(parents=True)
+    record = {
+        "status": status,
+        "reason": None if status == "completed" else "killed",
+        "job_num": num,
+        "name": ",".join(overrides),
+        "overrides": overrides,
+        "started": started,
+        "run_dir": str(run_dir),
+        "host": "elsewhere",
+        "objective": [0.5] if status == "completed" else [],
+    }
+    (run_dir / "record.json").write_text(json.dumps(record))
+
+
+def test_a_killed_attempt_that_was_retried_and_completed_does_not_fail_the_sweep(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from rerank_sweeps.sweep import SweepSummary
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    _attempt(tmp_path, 0, "completed", "2026-11-26T10:00:00", ["lr=0.1"])
+    _attempt(tmp_path, 1, "failed", "2026-11-26T10:01:00", ["lr=0.2"])  # killed worker
+    _attempt(tmp_path, 2, "completed", "2026-11-26T10:05:00", ["lr=0.2"])  # its retry
+    SweepSummary().on_multirun_end(config)  # no SystemExit
+    out = capsys.readouterr().out
+    assert "2 completed, 1 retried and then completed, 0 failed" in out
+    summary = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert [s["status"] for s in summary] == ["completed", "failed, retried", "completed"]
+
+    # A failure after the last success of its job is a failure.
+    _attempt(tmp_path, 3, "failed", "2026-11-26T10:09:00", ["lr=0.1"])
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_end(config)
+    assert "1 failed" in capsys.readouterr().out
