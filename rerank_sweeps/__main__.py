@@ -137,7 +137,9 @@ def hydra_main(cfg: DictConfig) -> float | tuple[float, ...]:
             return _failed_objective(len(conf.objective))
         print(f"error: {mask_secrets(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception:
+    except Exception as err:
+        if _is_pruned(err):
+            raise  # the Optuna sweeper records the trial PRUNED
         if multirun:
             log.exception("job failed")
             return _failed_objective(len(conf.objective))
@@ -147,6 +149,12 @@ def hydra_main(cfg: DictConfig) -> float | tuple[float, ...]:
     hits = ", ".join(sorted(result.cache_hits)) or "none"
     log.info("cache hits: %s; run dir: %s", hits, result.run_dir)
     return result.objective[0] if len(result.objective) == 1 else tuple(result.objective)
+
+
+def _is_pruned(err: BaseException) -> bool:
+    import optuna
+
+    return isinstance(err, optuna.TrialPruned)
 
 
 def _failed_objective(n: int) -> float | tuple[float, ...]:

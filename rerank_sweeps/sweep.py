@@ -73,7 +73,10 @@ class SweepSummary(Callback):
         if not records:
             return
         retried = [r for r in records if r["status"].endswith(RETRIED)]
-        failed = [r for r in records if r["status"] != "completed" and r not in retried]
+        pruned = [r for r in records if r["status"] == "pruned"]
+        failed = [
+            r for r in records if r["status"] not in ("completed", "pruned") and r not in retried
+        ]
         write_json_atomic(
             sweep_dir / "sweep_summary.json",
             [
@@ -94,8 +97,10 @@ class SweepSummary(Callback):
             ],
         )
         print(
-            f"\nSweep summary ({len(records) - len(failed) - len(retried)} completed, "
-            f"{len(retried)} retried and then completed, {len(failed)} failed): {sweep_dir}"
+            f"\nSweep summary ({sum(r['status'] == 'completed' for r in records)} completed, "
+            + (f"{len(retried)} retried and then completed, " if retried else "")
+            + (f"{len(pruned)} pruned, " if pruned else "")
+            + f"{len(failed)} failed): {sweep_dir}"
         )
         print(table)
         if failed:

@@ -167,13 +167,14 @@ class RunRecord:
         write_json_atomic(self.path, self.data)
 
     def fail(self, err: BaseException, **fields: Any) -> None:
-        """Mark the run failed with a one-line reason (and whatever it had measured)."""
+        """Mark the run failed (or pruned) with a one-line reason and whatever it had measured."""
         reason = " ".join(str(err).split()) or type(err).__name__
         if isinstance(err, KeyboardInterrupt):
             reason = "interrupted"
+        pruned = type(err).__name__ == "TrialPruned"  # stopped by the Optuna pruner: no failure
         self.data.update(
             fields,
-            status="failed",
+            status="pruned" if pruned else "failed",
             reason=f"{type(err).__name__}: {reason}"[:500],
             ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )

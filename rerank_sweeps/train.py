@@ -40,6 +40,7 @@ MODEL_VERSION = 1
 UNTRAINED_VERSION = 1
 DEV_NAME = "dev"
 AT_K = 10
+DEV_METRIC = f"eval_{DEV_NAME}_ndcg@{AT_K}"  # what picks the best checkpoint and feeds pruners
 # Fields of ArchConfig that only one architecture reads: left out of the other's cache key.
 _CE_ONLY = ("pos_weight",)
 _COLBERT_ONLY = ("query_length", "embedding_size", "temperature")
@@ -441,7 +442,7 @@ def _training_args(
         "save_steps": sched["interval"],
         "save_total_limit": 2,
         "load_best_model_at_end": has_dev,
-        "metric_for_best_model": f"eval_{DEV_NAME}_ndcg@{AT_K}" if has_dev else None,
+        "metric_for_best_model": DEV_METRIC if has_dev else None,
         "greater_is_better": True,
         "logging_steps": max(1, min(50, sched["interval"] // 4)),
         "logging_first_step": True,
@@ -474,6 +475,35 @@ def _evaluate_at_end_callback():
             return control
 
     return EvaluateAtEnd()
+
+
+def _report_dev_callback():
+    from transformers import TrainerCallback
+
+    class ReportDevMetric(TrainerCallback):
+        """Feed each dev evaluation to the Optuna sweeper's pruner (a no-op outside it)."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get(DEV_METRIC)
+            if value is not None:
+                report_intermediate(state.global_step, float(value))
+            return control
+
+    return ReportDevMetric()
+
+
+def report_intermediate(step: int, value: float) -> None:
+    """Report a dev metric to the running Optuna trial, which may raise optuna.TrialPruned."""
+    try:
+        from hydra_plugins.rerank_sweeps_optuna import report
+    except ImportError:  # the sweeper plugin is not installed: nothing to prune
+        return
+    report(step, value)
+
+
+def dev_callbacks() -> list[Any]:
+    """Trainer callbacks when there is a dev evaluator: evaluate at the end, report to pruners."""
+    return [_evaluate_at_end_callback(), _report_dev_callback()]
 
 
 def _cross_encoder_trainer_class():
@@ -519,7 +549,7 @@ def build_trainer(
             train_dataset=dataset,
             loss=loss,
             evaluator=evaluator,
-            callbacks=[_evaluate_at_end_callback()] if evaluator is not None else [],
+            callbacks=dev_callbacks() if evaluator is not None else [],
         )
         return trainer, sched, len(dataset)
     from pylate import losses, utils
@@ -534,7 +564,7 @@ def build_trainer(
         loss=losses.Contrastive(model, temperature=conf.arch.temperature),
         evaluator=evaluator,
         data_collator=utils.ColBERTCollator(model.tokenize),
-        callbacks=[_evaluate_at_end_callback()] if evaluator is not None else [],
+        callbacks=dev_callbacks() if evaluator is not None else [],
     )
     return trainer, sched, len(dataset)
 
