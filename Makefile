@@ -42,12 +42,13 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
 
-# The CPU grid of docs/results.md (resumable: the same command continues an interrupted grid),
-# then the page and the README's findings, regenerated from the saved runs.
-GRID_DIR := outputs/results/cpu_grid
+# The CPU sweeps of docs/results.md (resumable: the same command continues an interrupted
+# sweep, keeping its finished jobs), then the page and the README's findings, regenerated
+# from the saved runs under outputs/results.
 results: setup
 	$(BIN)/python -m rerank_sweeps -m experiment=cpu_grid $(ARGS)
-	$(BIN)/python -m rerank_sweeps.report $(GRID_DIR) --publish docs/results.md --readme README.md
+	$(BIN)/python -m rerank_sweeps -m experiment=cpu_epochs $(ARGS)
+	$(BIN)/python -m rerank_sweeps.report outputs/results --publish docs/results.md --readme README.md
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -305,8 +305,8 @@ def _systems(record: dict[str, Any]) -> list[str]:
 def latency_comparison(records: Sequence[dict[str, Any]], blog: BlogNumbers) -> str:
     """Our CPU end-to-end and rerank-only latency beside the blog's L4 and "CPU" tables."""
     lines = [
-        "| ours (CPU) | N=20 p50 / mean | N=50 p50 / mean | N=100 p50 / mean | rerank only, N=20 / 50 / 100 p50 | hit@5 change (vector, hybrid) |",
-        "|---|---|---|---|---|---|",
+        "| ours (CPU) | N=20 p50 / mean | N=50 p50 / mean | N=100 p50 / mean | rerank only, N=20 / 50 / 100 p50 | hit@5 change (vector, hybrid) | load avg start / end |",
+        "|---|---|---|---|---|---|---|",
     ]
     shown: set[tuple[str, str]] = set()
     none_row = None
@@ -314,10 +314,12 @@ def latency_comparison(records: Sequence[dict[str, Any]], blog: BlogNumbers) -> 
         if _latency(r, "none", 20) is not None and none_row is None:
             none_row = r
             cells = [_ms_cell(r, "none", n) for n in (20, 50, 100)]
-            lines.append(f"| none (vector search only) | {' | '.join(cells)} | – | – |")
+            lines.append(
+                f"| none (vector search only) | {' | '.join(cells)} | – | – | {_load(r)} |"
+            )
         key = (r["arch"], r["base"])
-        if key in shown:
-            continue  # latency does not depend on the number of negatives: one row per model
+        if key in shown or not _systems(r):
+            continue  # latency depends on the architecture, not on training: one row per model
         shown.add(key)
         for system in _systems(r):
             if _latency(r, system, 20) is None:
@@ -330,7 +332,8 @@ def latency_comparison(records: Sequence[dict[str, Any]], blog: BlogNumbers) -> 
             deltas = [lat.get(f"cpu/{system}/eval/{qt}-hit@5_delta") for qt in ("vector", "hybrid")]
             change = ", ".join(f"{100 * d:+.1f}" for d in deltas if d is not None) or "reference"
             lines.append(
-                f"| {system} {r['base']} ({label(r)}) | {' | '.join(cells)} | {rerank} | {change} |"
+                f"| {system} {r['base']} ({label(r)}) | {' | '.join(cells)} | {rerank} | {change} "
+                f"| {_load(r)} |"
             )
     lines += [
         "",
@@ -345,6 +348,18 @@ def latency_comparison(records: Sequence[dict[str, Any]], blog: BlogNumbers) -> 
             f"| {name} | {values[20]:.2f} | {values[50]:.2f} | {values[100]:.2f} | {_blog(cpu)} |"
         )
     return "\n".join(lines)
+
+
+def _load(record: dict[str, Any]) -> str:
+    """The 1-minute load average before and after the run's latency measurement."""
+    import json
+
+    path = Path(record["run_dir"]) / "latency.json"
+    if not path.is_file():
+        return "–"
+    info = json.loads(path.read_text()).get("devices", {}).get("cpu", {}).get("info", {})
+    start, end = info.get("loadavg_start"), info.get("loadavg_end")
+    return " / ".join("?" if v is None else f"{v:.1f}" for v in (start, end))
 
 
 def _ms_cell(record: dict[str, Any], system: str, n: int) -> str:
@@ -405,6 +420,14 @@ def machine_section(records: Sequence[dict[str, Any]]) -> str:
             f"{max(r['ended'] for r in records)}",
         ]
     )
+
+
+def sweep_commands(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One multirun command per sweep dir below the root, in the order the sweeps started."""
+    by_sweep: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: str(r.get("started"))):
+        by_sweep.setdefault(str(r.get("sweep_dir")), []).append(r)
+    return [grid_command(group) for group in by_sweep.values()]
 
 
 def grid_command(records: Sequence[dict[str, Any]]) -> str:
@@ -561,6 +584,30 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
             "A larger base model trains a better reranker", evidence, lines, _verdict(bigger, 1)
         )
     )
+
+    # 6. More epochs help.
+    longer, lines = [], []
+    for r in records:
+        one = find(records, r["arch"], r["base"], r["negatives"], 1)
+        if r["epochs"] > 1 and one is not None:
+            for qt in ("vector", "hybrid"):
+                p = between(r, one, qt, k)
+                longer.append(p)
+                lines.append(
+                    f"{r['arch']}-{r['base']}, {r['negatives']} negative(s): {r['epochs']} - 1 "
+                    f"epochs {qt} hit@{k} {p.text()}"
+                )
+    e1 = blog.row("colbert", "modernbert", 1, 1, k)
+    e5 = blog.row("colbert", "modernbert", 1, 5, k)
+    m5 = blog.row("ce", "minilm", None, 5, k)
+    evidence = (
+        f"ColBERT ModernBERT 1 negative: vector hit@{k} {e1.values['vector']} after 1 epoch, "
+        f"{e5.values['vector']} after 5; MiniLM CE {ce_minilm.values['vector']} after 1, "
+        f"{m5.values['vector']} after 5"
+        if e1 and e5 and m5 and ce_minilm
+        else "–"
+    )
+    out.append(Finding("More epochs help", evidence, lines, _verdict(longer, 1)))
     return out
 
 
@@ -660,7 +707,7 @@ def build_page(
         "## How to regenerate",
         "",
         "```",
-        grid_command(records_all) + "   # the grid; the same command resumes it",
+        *[c + "   # resumable: the same command continues it" for c in sweep_commands(records_all)],
         command,
         "```",
         "",
@@ -683,10 +730,10 @@ def build_page(
         "",
         "- Data: the blog uses gooaq (1M answers, 2000 questions); we use WordNet glosses "
         f"({sizes}), because the hub is out of reach here. Absolute hit rates are not comparable; "
-        "the direction of each difference is.",
+        "only the direction of each difference can be set beside the blog's.",
         "- Models: our bases are all-MiniLM-L6-v2 and all-mpnet-base-v2, sentence-embedding models "
-        "(already trained for similarity), where the blog starts from MiniLM-L6-H384-uncased and "
-        "ModernBERT-base. MPNet (110M) stands in for the blog's larger base ModernBERT (150M).",
+        "(already trained for similarity), where the blog starts from MiniLM-L6-H384-uncased (its ColBERT "
+        "row names it) and ModernBERT-base. MPNet (110M) stands in for the blog's larger base ModernBERT (150M).",
         "- Protocol: we retrieve overfetch x k once per leg; the blog's scripts applied the overfetch "
         "twice (16 x k), used a dev set that held the positives and counted exceptions as misses.",
         "- Training scale: 1 epoch on the train questions above, against 100k gooaq pairs in the blog.",
@@ -711,7 +758,8 @@ def build_page(
         "",
         "CPU, ms: end to end = query embedding + LanceDB vector search (limit N) + reranking N. "
         "The hit@5 change is that of the optimised model on the first "
-        f"{records[0]['config']['latency'].get('accuracy_queries')} eval queries, against fp32.",
+        f"{records[0]['config']['latency'].get('accuracy_queries')} eval queries, against fp32. "
+        "The load average (2 cores) shows how busy the machine was around the measurement.",
         "",
         latency_comparison(records, blog),
         "",

@@ -57,8 +57,10 @@ def _trec(run_dir: Path, name: str, hit_qids: set[str]) -> None:
     (run_dir / "runs" / f"{name}.trec").write_text("\n".join(lines) + "\n")
 
 
-def _run(root: Path, num: int, negatives: int, reranked: set[str]) -> dict:
-    run_dir = root / str(num)
+def _run(
+    root: Path, num: int, negatives: int, reranked: set[str], epochs: int = 1, sweep: str = "grid"
+) -> dict:
+    run_dir = root / sweep / str(num)
     (run_dir / "runs").mkdir(parents=True)
     (run_dir / "qrels.trec").write_text("".join(f"{q} 0 d{q} 1\n" for q in QIDS))
     systems = {"reranked": reranked, "baseline": {"q1"}, "untrained": set(), "ceiling": set(QIDS)}
@@ -81,11 +83,12 @@ def _run(root: Path, num: int, negatives: int, reranked: set[str]) -> dict:
         "pid": 1,
         "job_num": num,
         "name": f"negatives={negatives}",
-        "overrides": [f"negatives={negatives}", "experiment=cpu_grid"],
+        "overrides": [f"negatives={negatives}", f"experiment=cpu_{sweep}"],
+        "sweep_dir": str(root / sweep),
         "arch": "ce",
         "base": "minilm",
         "negatives": negatives,
-        "epochs": 1,
+        "epochs": epochs,
         "objective_names": ["hybrid/reranked/hit@5"],
         "objective": [metrics["hybrid/reranked/hit@5"]],
         "metrics": metrics,
@@ -148,6 +151,7 @@ def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
     root = tmp_path / "sweep"
     _run(root, 0, 1, {"q1", "q2"})
     _run(root, 1, 2, set(QIDS))
+    _run(root, 0, 1, {"q1"}, epochs=3, sweep="epochs")
     docs = tmp_path / "docs"
     docs.mkdir()
     shutil.copy(BLOG, docs / "blog_numbers.md")
@@ -165,7 +169,10 @@ def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
     ]
     assert main(argv) == 0
     page = page_path.read_text()
-    assert "python -m rerank_sweeps -m negatives=1,2 experiment=cpu_grid" in page
+    assert "python -m rerank_sweeps -m negatives=1,2 experiment=cpu_grid   # resumable" in page
+    assert "python -m rerank_sweeps -m negatives=1 experiment=cpu_epochs   # resumable" in page
+    # 3 epochs hit q1 only, 1 epoch q1 and q2: -25 points on 4 queries.
+    assert "ce-minilm, 1 negative(s): 3 - 1 epochs vector hit@5 -25.0" in page
     # Ours beside the blog: the no-reranker row (25.0 everywhere; the blog has 48.75 and 33.10).
     assert "| no reranker | 25.0 | 25.0 | 25.0 | no reranker | 48.75 | 33.10 | – |" in page
     assert (
