@@ -773,6 +773,10 @@ def build_page(
         "",
         f"![quality vs latency]({plot.name})",
         "",
+        "GPU: every number on this page is from the CPU; no GPU run is part of these sweeps. "
+        "[latency.md](latency.md) has reranking latency measured on an H100 (with random "
+        "weights of the same architectures) beside the blog's L4 numbers.",
+        "",
         "## Time per stage (seconds)",
         "",
         stage_table(records),
