@@ -580,7 +580,7 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
             if small and large:
                 p = between(large, small, "vector", k)
                 bigger.append(p)
-                lines.append(f"{arch}, {neg} negatives: MPNet - MiniLM vector hit@{k} {p.text()}")
+                lines.append(f"{arch}, {neg} negative(s): MPNet - MiniLM vector hit@{k} {p.text()}")
     evidence = (
         f"1-epoch CE: ModernBERT vector hit@{k} {ce_modern.values['vector']}, MiniLM "
         f"{ce_minilm.values['vector']}"
@@ -664,7 +664,12 @@ def quality_latency_plot(records: Sequence[dict[str, Any]], objective: str, path
         color = "tab:blue" if r["arch"] == "ce" else "tab:orange"
         ax.scatter([ms], [100 * value], color=color)
         ax.annotate(
-            label(r), (ms, 100 * value), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            label(r),
+            (ms, 100 * value),
+            fontsize=7,
+            # Runs that differ only in negatives often land on the same spot: split the labels.
+            xytext=(4, 4 if r["negatives"] % 2 else -10),
+            textcoords="offset points",
         )
     ceiling = first["metrics"].get(objective.replace("/reranked/", "/ceiling/"))
     if ceiling is not None:
