@@ -469,7 +469,27 @@ class Finding:
     claim: str
     blog: str
     ours: list[str]
-    verdict: str
+    results: list[Paired]  # one per line of `ours`
+    expected_sign: int  # +1: the blog's claim predicts a positive difference
+
+    @property
+    def verdict(self) -> str:
+        """reproduced / not reproduced / mixed / not shown / not measured, with counts."""
+        return _verdict(self.results, self.expected_sign)
+
+    def strongest(self) -> list[str]:
+        """The lines of the largest significant difference each way (all lines if few)."""
+        if len(self.ours) <= 4:
+            return list(self.ours)
+        picked = []
+        significant = [i for i, p in enumerate(self.results) if p.significant]
+        for sign in (1, -1):
+            side = [i for i in significant if np.sign(self.results[i].diff) == sign]
+            if side:
+                picked.append(max(side, key=lambda i: sign * self.results[i].diff))
+        if not picked:
+            picked = [max(range(len(self.results)), key=lambda i: abs(self.results[i].diff))]
+        return [self.ours[i] for i in sorted(picked)]
 
 
 def _verdict(results: Sequence[Paired], expected_sign: int) -> str:
@@ -509,7 +529,7 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
         + (f", {ce_modern.values[qt]} with a 1-epoch ModernBERT CE" if ce_modern else "")
         for qt in ("vector", "fts")
     )
-    out.append(Finding("Reranking lifts retrieval", evidence, lines, _verdict(lifts, 1)))
+    out.append(Finding("Reranking lifts retrieval", evidence, lines, lifts, 1))
 
     # 2. Untrained base models are useless as rerankers.
     drops, lines = [], []
@@ -526,9 +546,7 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
         f"against {base_v} without a reranker"
     )
     out.append(
-        Finding(
-            "Untrained base models are useless as rerankers", evidence, lines, _verdict(drops, -1)
-        )
+        Finding("Untrained base models are useless as rerankers", evidence, lines, drops, -1)
     )
 
     # 3. More negatives help.
@@ -549,7 +567,7 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
         if c1 and c2
         else "–"
     )
-    out.append(Finding("More hard negatives help", evidence, lines, _verdict(gains, 1)))
+    out.append(Finding("More hard negatives help", evidence, lines, gains, 1))
 
     # 4. The cross-encoder beats ColBERT at the same base and budget.
     wins, lines = [], []
@@ -566,11 +584,7 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
         if ce_minilm and cb
         else "–"
     )
-    out.append(
-        Finding(
-            "A cross-encoder beats ColBERT on the same base", evidence, lines, _verdict(wins, 1)
-        )
-    )
+    out.append(Finding("A cross-encoder beats ColBERT on the same base", evidence, lines, wins, 1))
 
     # 5. The larger base is better.
     bigger, lines = [], []
@@ -587,11 +601,7 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
         if ce_modern and ce_minilm
         else "–"
     )
-    out.append(
-        Finding(
-            "A larger base model trains a better reranker", evidence, lines, _verdict(bigger, 1)
-        )
-    )
+    out.append(Finding("A larger base model trains a better reranker", evidence, lines, bigger, 1))
 
     # 6. More epochs help.
     longer, lines = [], []
@@ -615,18 +625,24 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
         if e1 and e5 and m5 and ce_minilm
         else "–"
     )
-    out.append(Finding("More epochs help", evidence, lines, _verdict(longer, 1)))
+    out.append(Finding("More epochs help", evidence, lines, longer, 1))
     return out
 
 
-def findings_markdown(items: Sequence[Finding]) -> str:
-    """Findings as a markdown list: claim, verdict, the blog's evidence and ours."""
+def findings_markdown(items: Sequence[Finding], compact: bool = False) -> str:
+    """Findings as a markdown list: claim, verdict, the blog's evidence and ours.
+
+    `compact` (the README) keeps, of our comparisons, the strongest each way.
+    """
     lines = []
     for f in items:
         lines.append(f"- **{f.claim}**: {f.verdict}.")
         lines.append(f"  - Blog: {f.blog}.")
-        for line in f.ours:
+        shown = f.strongest() if compact else f.ours
+        for line in shown:
             lines.append(f"  - Ours: {line}")
+        if len(shown) < len(f.ours):
+            lines.append(f"  - Ours: {len(f.ours) - len(shown)} more comparisons on the page.")
     return "\n".join(lines)
 
 
@@ -823,7 +839,7 @@ def update_readme(readme: Path, found: Sequence[Finding], page: Path, command: s
             README_START,
             f"From [{page}]({page}), written by `{command}`:",
             "",
-            findings_markdown(found),
+            findings_markdown(found, compact=True),
             README_END,
         ]
     )

@@ -211,3 +211,17 @@ def test_publish_refuses_a_readme_without_the_block_and_a_missing_blog_file(tmp_
         check=False,
     )
     assert out.returncode == 2 and "blog" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_readme_keeps_the_strongest_comparison_each_way():
+    diffs = [(0.05, 0.01), (0.15, 0.001), (-0.02, 0.5), (-0.10, 0.01), (-0.20, 0.2), (0.01, 0.9)]
+    finding = publish.Finding(
+        "claim", "blog", [f"line {i}" for i in range(6)], [_paired(d, p) for d, p in diffs], 1
+    )
+    # The largest significant lift (+15) and drop (-10); -20 is larger but not significant.
+    assert finding.strongest() == ["line 1", "line 3"]
+    text = publish.findings_markdown([finding], compact=True)
+    assert "line 0" not in text and "4 more comparisons on the page" in text
+    assert finding.verdict.startswith("mixed")
+    short = publish.Finding("c", "b", ["a", "b"], [_paired(0.1, 0.5), _paired(0.2, 0.5)], 1)
+    assert short.strongest() == ["a", "b"]
