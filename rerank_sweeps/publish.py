@@ -373,7 +373,8 @@ def _fmt_ms(value: float | None) -> str:
 
 
 def stage_table(records: Sequence[dict[str, Any]]) -> str:
-    """Seconds per stage and job; a stage served from the cache reads 'cached'."""
+    """Seconds per stage and job; a stage served from the cache reads 'cached', with the
+    seconds its artifact took to build where the cache still holds it."""
     lines = [
         "| job | " + " | ".join(STAGES) + " | total |",
         "|---|" + "---|" * (len(STAGES) + 1),
@@ -388,12 +389,32 @@ def stage_table(records: Sequence[dict[str, Any]]) -> str:
             if value is None:
                 cells.append("–")
             elif stage in hits and stage not in misses and stage != "evaluate":
-                cells.append(f"{value:.0f} (cached)")
+                built = _built_seconds(r, stage)
+                cells.append(
+                    f"{value:.0f} (cached" + (f", built in {built:.0f})" if built else ")")
+                )
             else:
                 cells.append(f"{value:.0f}")
         total = sum(float(v) for v in seconds.values())
         lines.append(f"| {label(r)} | {' | '.join(cells)} | {total:.0f} |")
     return "\n".join(lines)
+
+
+def _built_seconds(record: dict[str, Any], stage: str) -> float | None:
+    """How long the cached artifact of `stage` took to build (its cache marker), if known."""
+    import json
+
+    from rerank_sweeps.cache import MARKER, Cache
+
+    key = (record.get("fingerprints") or {}).get(stage)
+    root = ((record.get("config") or {}).get("paths") or {}).get("root")
+    if not key or not root:
+        return None
+    marker = Cache(Path(root) / "cache").path_for(stage, key) / MARKER
+    try:
+        return float(json.loads(marker.read_text())["seconds"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def machine_section(records: Sequence[dict[str, Any]]) -> str:
