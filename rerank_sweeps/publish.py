@@ -449,7 +449,10 @@ def sweep_commands(records: Sequence[dict[str, Any]]) -> list[str]:
     by_sweep: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: str(r.get("started"))):
         by_sweep.setdefault(str(r.get("sweep_dir")), []).append(r)
-    return [grid_command(group) for group in by_sweep.values()]
+    return [
+        grid_command(sorted(group, key=lambda r: r.get("job_num") or 0))
+        for group in by_sweep.values()
+    ]
 
 
 def _short_commit(commit: str) -> str:
@@ -842,7 +845,8 @@ def build_page(
         "</details>",
         "",
     ]
-    page = "\n".join(sections)
+    # Run dirs relative to the checkout: the page is read in other clones.
+    page = "\n".join(sections).replace(f"{Path.cwd()}/", "")
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(page)
     if readme is not None:

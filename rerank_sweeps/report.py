@@ -129,7 +129,12 @@ def status_table(records: list[dict[str, Any]]) -> str:
     lines = ["| job | run | status | objective | run dir |", "|---|---|---|---|---|"]
     for r in sorted(
         records,
-        key=lambda r: (r.get("job_num") is None, r.get("job_num") or 0, r.get("started", "")),
+        key=lambda r: (
+            str(r.get("sweep_dir")),
+            r.get("job_num") is None,
+            r.get("job_num") or 0,
+            r.get("started", ""),
+        ),
     ):
         objective = ", ".join(
             "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
