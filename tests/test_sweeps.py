@@ -118,31 +118,19 @@ def test_a_killed_attempt_that_was_retried_and_completed_does_not_fail_the_sweep
 
 def test_the_optuna_pruner_stops_training_through_the_dev_metric(tmp_path) -> None:
     """train.py reports each dev evaluation; a pruner that rejects every value prunes trial 0."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rerank_sweeps",
-            "-m",
-            "experiment=tiny",
-            "latency.enabled=false",
-            f"paths.root={tmp_path}",
-            "hydra/sweeper=optuna",
-            "hydra.sweeper.n_trials=1",
-            "hydra.sweeper.direction=maximize",
-            "hydra/sweeper/pruner=threshold",
-            "hydra.sweeper.pruner.lower=2.0",  # ndcg@10 never reaches 2: prune at the first report
-            "arch.lr=interval(1e-5,1e-4)",
-        ],
-        capture_output=True,
-        text=True,
+    proc, jobs = _sweep(
+        tmp_path,
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.direction=maximize",
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=2.0",  # ndcg@10 never reaches 2: prune at the first report
+        "arch.lr=interval(1e-5,1e-4)",
         timeout=600,
-        env=ENV,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]  # pruning is not a failure
     assert "trial 0 pruned at step" in proc.stderr + proc.stdout
-    [summary] = (tmp_path / "multirun").glob("*/sweep_summary.json")
-    [job] = json.loads(summary.read_text())
+    [job] = jobs  # from the sweep's sweep_summary.json
     assert job["status"] == "pruned" and "TrialPruned" in job["reason"]
     assert "(0 completed, 1 pruned, 0 failed)" in proc.stdout
     # The model stage never finished: nothing was cached as a trained model.
