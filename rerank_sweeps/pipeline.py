@@ -181,11 +181,9 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
             from rerank_sweeps import latency as latency_mod
 
             with timer("latency"):
-                # A cache hit: the evaluation just built it. Its scores are reused for the
-                # latency system with the same numerics instead of being computed again.
-                scores_art = evaluate.scores_stage(
-                    conf, cache, arts["split"], arts["candidates"], arts["model"], "reranked"
-                )
+                # The evaluation's scores of this model: reused for the latency system with
+                # the same numerics instead of being computed again.
+                scores_art = cache.lookup("scores", results["systems"]["reranked"]["scores"])
                 latency = latency_mod.latency_stage(
                     conf,
                     arts["split"],
