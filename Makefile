@@ -48,6 +48,7 @@ test: setup
 results: setup
 	$(BIN)/python -m rerank_sweeps -m experiment=cpu_grid $(ARGS)
 	$(BIN)/python -m rerank_sweeps -m experiment=cpu_epochs $(ARGS)
+	$(BIN)/python -m rerank_sweeps -m experiment=cpu_negatives $(ARGS)
 	$(BIN)/python -m rerank_sweeps.report outputs/results --publish docs/results.md --readme README.md
 
 lint: setup

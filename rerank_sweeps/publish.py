@@ -597,19 +597,35 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
     # 3. More negatives help.
     gains, lines = compare(
         [
-            (f"{arch}-{base}, 2 - 1 negatives:", two, one, "reranked", "reranked", VECTOR_HYBRID)
+            (
+                f"{r['arch']}-{r['base']}, {r['negatives']} - 1 negatives:",
+                r,
+                one,
+                "reranked",
+                "reranked",
+                VECTOR_HYBRID,
+            )
             for arch in archs
-            for base in bases
-            if (one := find(records, arch, base, 1)) and (two := find(records, arch, base, 2))
+            for r in records
+            if r["arch"] == arch
+            and r["epochs"] == 1
+            and r["negatives"] > 1
+            and (one := find(records, arch, r["base"], 1))
         ],
         k,
     )
-    c1 = blog.row("colbert", "modernbert", 1, 1, k)
-    c2 = blog.row("colbert", "modernbert", 2, 1, k)
+    by_negatives = {
+        neg: row
+        for neg in sorted({r.negatives for r in blog.trained if r.negatives is not None})
+        if (row := blog.row("colbert", "modernbert", neg, 1, k))
+    }
     evidence = (
-        f"ColBERT ModernBERT 1 epoch: vector hit@{k} {c1.values['vector']} with 1 negative, "
-        f"{c2.values['vector']} with 2"
-        if c1 and c2
+        f"ColBERT ModernBERT 1 epoch: vector hit@{k} "
+        + ", ".join(
+            f"{row.values['vector']} with {neg} negative{'s' if neg > 1 else ''}"
+            for neg, row in by_negatives.items()
+        )
+        if len(by_negatives) > 1
         else "–"
     )
     out.append(Finding("More hard negatives help", evidence, lines, gains, 1))
