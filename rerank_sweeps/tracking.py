@@ -8,6 +8,7 @@ W&B mirrors the record; if W&B itself fails the run logs one warning and carries
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -62,8 +63,13 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the checkout the package runs from, with `+dirty` for local changes."""
+    """The commit of the checkout the package runs from, with `+dirty` for local changes.
+
+    Read once per process: the jobs of a sweep run in the process that loaded the code, so a
+    commit made while the sweep runs must not be credited with its later jobs.
+    """
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(

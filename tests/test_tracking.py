@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from rerank_sweeps import tracking
 from rerank_sweeps.config import validate
 from rerank_sweeps.tracking import (
     JobInfo,
@@ -151,3 +152,14 @@ def test_a_completed_run_of_the_same_config_is_kept_and_anything_else_reruns(
     (run_dir / "record.json").write_text(json.dumps(failed))
     pipeline.run(compose_config(["experiment=tiny", f"paths.root={tmp_path}", "seed=14"]), run_dir)
     assert len(calls) == 3  # a failed job runs again
+
+
+def test_git_commit_is_read_once_per_process(monkeypatch) -> None:
+    """A commit made while a sweep runs is not credited to the jobs the old code runs."""
+    first = tracking.git_commit()
+
+    def git_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("git was asked again")
+
+    monkeypatch.setattr(tracking.subprocess, "run", git_again)
+    assert tracking.git_commit() == first
