@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -711,6 +711,12 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
     return out
 
 
+def _listed(values: Iterable[int]) -> str:
+    """Distinct values in order, as `1, 3 or 5`."""
+    distinct = [str(v) for v in sorted(set(values))]
+    return distinct[0] if len(distinct) == 1 else f"{', '.join(distinct[:-1])} or {distinct[-1]}"
+
+
 def findings_markdown(items: Sequence[Finding], compact: bool = False) -> str:
     """Findings as a markdown list: claim, verdict, the blog's evidence and ours.
 
@@ -822,7 +828,7 @@ def build_page(
         command,
         "```",
         "",
-        "`make results` runs both.",
+        "`make results` runs these commands, in this order.",
         "",
         f"Data: {sizes}. Every run reranks overfetch x k candidates per leg "
         f"(overfetch {records[0]['config'].get('overfetch')}), hit@k counts a query as hit when one of "
@@ -847,7 +853,9 @@ def build_page(
         "row names it) and ModernBERT-base. MPNet (110M) stands in for the blog's larger base ModernBERT (150M).",
         "- Protocol: we retrieve overfetch x k once per leg; the blog's scripts applied the overfetch "
         "twice (16 x k), used a dev set that held the positives and counted exceptions as misses.",
-        "- Training scale: 1 epoch on the train questions above, against 100k gooaq pairs in the blog.",
+        f"- Training scale: {_listed(r['epochs'] for r in records)} epoch(s) over the train "
+        f"questions above with {_listed(r['negatives'] for r in records)} hard negative(s) each, "
+        "against 100k gooaq pairs in the blog.",
         "- Hardware: latency here is a 2-core CPU; the blog's table is an L4 GPU (its CPU column "
         "states no candidate count).",
         "",

@@ -187,6 +187,7 @@ def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
     # 5 negatives hit q1-q3, 1 negative q1 and q2: +25 points; the blog's 1/2/5 rows beside it.
     assert "ce-minilm, 5 - 1 negatives: vector hit@5 +25.0" in page
     assert "vector hit@5 43.35 with 1 negative, 54.1 with 2 negatives, 55.5 with 5" in page
+    assert "- Training scale: 1 or 3 epoch(s) over the train questions above with 1, 2 or 5" in page
     assert "hit@10" not in page.split("## Our tables")[0]  # only the k the runs measured
     assert (docs / "results_quality_vs_latency.png").stat().st_size > 1000
     assert "| ce-minilm-2neg-1ep | 1 (cached) | – | 30 | – | – | 5 | – | 36 |" in page
