@@ -437,8 +437,8 @@ def machine_section(records: Sequence[dict[str, Any]]) -> str:
             f"torch threads {info.get('torch_threads', '?')}, kernels {info.get('cpu_capability', '?')}, "
             f"fast bf16: {info.get('cpu_fast_bf16', '?')}; no GPU was used",
             f"- Library versions: {versions}",
-            f"- Code: git commit {', '.join(commits)} (the checkout's HEAD when each job "
-            "started; +dirty: with uncommitted changes)",
+            f"- Code: git commit {', '.join(commits)} (the checkout's HEAD as each job's "
+            "process recorded it; +dirty: with uncommitted changes)",
             f"- Started {min(r['started'] for r in records)}, last job ended "
             f"{max(r['ended'] for r in records)}",
         ]
