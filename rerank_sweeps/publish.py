@@ -535,6 +535,13 @@ def _verdict(results: Sequence[Paired], expected_sign: int) -> str:
 Comparison = tuple[str, dict[str, Any], dict[str, Any], str, str, Sequence[str]]
 
 
+def trained_vs_trained(
+    what: str, a: dict[str, Any], b: dict[str, Any], query_types: Sequence[str] = VECTOR_HYBRID
+) -> Comparison:
+    """A comparison of two runs' trained rerankers (reranked - reranked) on `query_types`."""
+    return (what, a, b, "reranked", "reranked", query_types)
+
+
 def compare(comparisons: Sequence[Comparison], k: int) -> tuple[list[Paired], list[str]]:
     """Paired hit@k of every comparison on each of its query types, and a line for each."""
     results, lines = [], []
@@ -597,20 +604,11 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
     # 3. More negatives help.
     gains, lines = compare(
         [
-            (
-                f"{r['arch']}-{r['base']}, {r['negatives']} - 1 negatives:",
-                r,
-                one,
-                "reranked",
-                "reranked",
-                VECTOR_HYBRID,
-            )
-            for arch in archs
-            for r in records
-            if r["arch"] == arch
-            and r["epochs"] == 1
+            trained_vs_trained(f"{r['arch']}-{r['base']}, {r['negatives']} - 1 negatives:", r, one)
+            for r in sorted(records, key=lambda r: r["arch"])
+            if r["epochs"] == 1
             and r["negatives"] > 1
-            and (one := find(records, arch, r["base"], 1))
+            and (one := find(records, r["arch"], r["base"], 1))
         ],
         k,
     )
@@ -633,14 +631,7 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
     # 4. The cross-encoder beats ColBERT at the same base and budget.
     wins, lines = compare(
         [
-            (
-                f"{base}, 1 negative: CE - ColBERT",
-                ce,
-                colbert,
-                "reranked",
-                "reranked",
-                VECTOR_HYBRID,
-            )
+            trained_vs_trained(f"{base}, 1 negative: CE - ColBERT", ce, colbert)
             for base in bases
             if (ce := find(records, "ce", base, 1))
             and (colbert := find(records, "colbert", base, 1))
@@ -658,13 +649,8 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
     # 5. The larger base is better.
     bigger, lines = compare(
         [
-            (
-                f"{arch}, {neg} negative(s): MPNet - MiniLM",
-                large,
-                small,
-                "reranked",
-                "reranked",
-                ["vector"],
+            trained_vs_trained(
+                f"{arch}, {neg} negative(s): MPNet - MiniLM", large, small, ["vector"]
             )
             for arch in archs
             for neg in sorted({r["negatives"] for r in records})
@@ -684,13 +670,10 @@ def findings(records: Sequence[dict[str, Any]], blog: BlogNumbers, k: int = 5) -
     # 6. More epochs help.
     longer, lines = compare(
         [
-            (
+            trained_vs_trained(
                 f"{r['arch']}-{r['base']}, {r['negatives']} negative(s): {r['epochs']} - 1 epochs",
                 r,
                 one,
-                "reranked",
-                "reranked",
-                VECTOR_HYBRID,
             )
             for r in records
             if r["epochs"] > 1 and (one := find(records, r["arch"], r["base"], r["negatives"], 1))
