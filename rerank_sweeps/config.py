@@ -55,8 +55,8 @@ class PathsConfig:
 class DataConfig:
     """A question/answer data source and how it is split."""
 
-    source: str = "wordnet"  # wordnet | hub | local
-    path: str | None = None  # wordnet: dictionary folder; local: the file
+    source: str = "wordnet"  # wordnet | pydoc | hub | local
+    path: str | None = None  # wordnet: dictionary folder; pydoc: .py folder; local: the file
     hub_id: str = "sentence-transformers/gooaq"
     hub_split: str = "train"
     format: str | None = None  # local files: jsonl | parquet | csv (default: from the suffix)
@@ -69,7 +69,7 @@ class DataConfig:
     corpus_size: int = 20000  # rows in the LanceDB table: eval answers + distractors
 
     def __post_init__(self) -> None:
-        _choice("data.source", self.source, ("wordnet", "hub", "local"))
+        _choice("data.source", self.source, ("wordnet", "pydoc", "hub", "local"))
         if self.format is not None:
             _choice("data.format", self.format, ("jsonl", "parquet", "csv"))
         if self.source == "local":
@@ -91,19 +91,27 @@ class DataConfig:
 class MiningConfig:
     """Hard-negative mining with sentence-transformers' `mine_hard_negatives`."""
 
+    source: str = "model"  # model: mine with `model_id` | retriever: with index.embedder
     model_id: str = "sentence-transformers/all-mpnet-base-v2"  # never the model being trained
+    random_share: float = 0.0  # share of negatives drawn at random instead of by similarity
+    legs: list[str] = field(default_factory=lambda: ["vector", "fts"])  # source=retriever
     range_min: int = 0  # skip this many top-ranked answers (likely unlabelled positives)
     range_max: int = 200  # look no deeper than this rank
-    margin: float = 0.0
+    margin: float | None = 0.0  # null: no margin, negatives may outscore the positive
     margin_type: str = "relative"  # relative | absolute
     sampling_strategy: str = "top"  # top | random
     batch_size: int = 64
     max_seq_length: int = 128
-    dev_negatives: int = 10  # dev rows get max(dev_negatives, negatives) for the dev evaluators
+    dev_negatives: int = 0  # >0: dev tuples for the mined-tuple evaluator (no dev candidates)
     bf16: str = "auto"  # miner dtype: auto (bf16 on AMX CPUs and bf16 GPUs) | true | false
 
     def __post_init__(self) -> None:
-        _check(self.dev_negatives >= 1, "mining.dev_negatives", self.dev_negatives, ">= 1")
+        _choice("mining.source", self.source, ("model", "retriever"))
+        _check(bool(self.legs), "mining.legs", self.legs, "a non-empty list of vector, fts")
+        for leg in self.legs:
+            _choice("mining.legs", leg, ("vector", "fts"))
+        _check(0 <= self.random_share <= 1, "mining.random_share", self.random_share, "in [0, 1]")
+        _check(self.dev_negatives >= 0, "mining.dev_negatives", self.dev_negatives, ">= 0")
         _choice("mining.bf16", str(self.bf16).lower(), ("auto", "true", "false"))
         _choice("mining.margin_type", self.margin_type, ("relative", "absolute"))
         _choice("mining.sampling_strategy", self.sampling_strategy, ("top", "random"))
@@ -114,7 +122,8 @@ class MiningConfig:
             self.range_max,
             "greater than mining.range_min",
         )
-        _check(self.margin >= 0, "mining.margin", self.margin, "a number >= 0")
+        if self.margin is not None:
+            _check(self.margin >= 0, "mining.margin", self.margin, "a number >= 0 or null")
         _check(self.batch_size >= 1, "mining.batch_size", self.batch_size, "an integer >= 1")
 
 
@@ -132,9 +141,14 @@ class ArchConfig:
     embedding_size: int = 128  # colbert projection
     temperature: float = 1.0  # colbert contrastive loss
     pos_weight: float | None = None  # ce BinaryCrossEntropyLoss; None = number of negatives
+    # The training loss (see ARCH_LOSSES); None = the architecture's default (its first).
+    loss: str | None = None
     bf16: str = "auto"  # auto | true | false
     evals_per_epoch: int = 2  # dev evaluations (and checkpoints) per epoch
     max_steps: int = -1  # > 0 caps training steps (tests)
+    # Also checkpoint when this many minutes passed since the last save (null: only at dev
+    # evaluations), so a killed run loses minutes, not an epoch. Not in the cache key.
+    checkpoint_minutes: float | None = 10.0
 
     def __post_init__(self) -> None:
         _choice("arch.name", self.name, ("ce", "colbert"))
@@ -148,6 +162,21 @@ class ArchConfig:
         _check(self.evals_per_epoch >= 1, "arch.evals_per_epoch", self.evals_per_epoch, ">= 1")
         if self.pos_weight is not None:
             _check(self.pos_weight > 0, "arch.pos_weight", self.pos_weight, "a number > 0 or null")
+        if self.checkpoint_minutes is not None:
+            _check(
+                self.checkpoint_minutes > 0,
+                "arch.checkpoint_minutes",
+                self.checkpoint_minutes,
+                "a number > 0 or null",
+            )
+
+
+# The losses each architecture trains with (sentence-transformers / PyLate classes); the first
+# is the default when `arch.loss` is null.
+ARCH_LOSSES: dict[str, tuple[str, ...]] = {
+    "ce": ("bce", "lambda", "listnet", "cmnrl"),
+    "colbert": ("contrastive",),
+}
 
 
 @dataclass
@@ -223,6 +252,37 @@ class EvalConfig:
 
 
 @dataclass
+class DevConfig:
+    """The dev signal: dev questions reranked among their real first-stage candidates.
+
+    One fixed protocol, independent of the evaluation's `top_k` and `query_type`, so that a
+    sweep over those never retrains (the dev signal picks the best checkpoint).
+    """
+
+    query_types: list[str] = field(default_factory=lambda: ["vector", "fts", "hybrid"])
+    depth: int = 40  # candidates per leg (hybrid reranks their union)
+    gate: bool = True  # warn (console, record, report) when training does not beat the first stage
+
+    def __post_init__(self) -> None:
+        _check(bool(self.query_types), "dev.query_types", self.query_types, "a non-empty list")
+        for t in self.query_types:
+            _choice("dev.query_types", t, ("vector", "fts", "hybrid"))
+        _check(self.depth >= 1, "dev.depth", self.depth, "an integer >= 1")
+
+
+@dataclass
+class RerankConfig:
+    """How the trained reranker's score is used at query time."""
+
+    fusion: str = (
+        "convex"  # none | convex | rrf: also evaluate the reranker fused with the first stage
+    )
+
+    def __post_init__(self) -> None:
+        _choice("rerank.fusion", self.fusion, ("none", "convex", "rrf"))
+
+
+@dataclass
 class LatencyConfig:
     """The latency ablation."""
 
@@ -290,6 +350,8 @@ class RunConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     query_type: QueryTypeConfig = field(default_factory=QueryTypeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dev: DevConfig = field(default_factory=DevConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -310,6 +372,14 @@ class RunConfig:
         for k in self.top_k:
             _check(k >= 1, "top_k", k, "an integer >= 1 or a list of them")
         _check(self.overfetch >= 1, "overfetch", self.overfetch, "an integer >= 1")
+        if self.arch.loss is not None:
+            losses = ARCH_LOSSES[self.arch.name]
+            _check(
+                self.arch.loss in losses,
+                "arch.loss",
+                self.arch.loss,
+                f"for arch={self.arch.name} choose one of {', '.join(losses)}",
+            )
         for name in self.objective:
             _check(
                 re.fullmatch(r"[^/]+/[^/]+/[^/@]+(@\d+)?|[^/]+/[^/]+/[^/]+/[^/]+", name)
@@ -317,6 +387,12 @@ class RunConfig:
                 "objective",
                 name,
                 'a metric key like "hybrid/reranked/hit@5" or a latency key like "cpu/ce/20/p50_ms"',
+            )
+        if self.mining.source == "model" and _same_model(self.mining.model_id, self.base.model_id):
+            raise ConfigError(
+                f"mining.model_id={self.mining.model_id!r} is the model being trained "
+                f"(base={self.base.name}): mine with another model (mining.model_id=...) or "
+                "with the first-stage retriever (mining.source=retriever)"
             )
         if self.init == "pretrained":
             pretrained = (
@@ -330,8 +406,17 @@ class RunConfig:
             )
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model ids name the same checkpoint (hub id, or its last path part)."""
+
+    def norm(model_id: str) -> str:
+        return model_id.rstrip("/").lower().rsplit("/", 1)[-1]
+
+    return norm(a) == norm(b)
+
+
 # Keys whose value is a list but which users naturally set to one value (`top_k=5`).
-_SCALAR_OR_LIST = ("top_k", "objective", "latency.candidates")
+_SCALAR_OR_LIST = ("top_k", "objective", "latency.candidates", "dev.query_types", "mining.legs")
 
 
 def validate(cfg: DictConfig) -> RunConfig:

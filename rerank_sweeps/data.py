@@ -1,7 +1,8 @@
 """Question/answer sources, the leakage-free split, and hard-negative mining.
 
-Three sources give (question, answer) pairs: WordNet 3.0 (Debian's wordnet-base; every sense
-with an example becomes `what does "WORD" mean in "EXAMPLE"?` -> its definition), a Hugging
+Four sources give (question, answer) pairs: WordNet 3.0 (Debian's wordnet-base; every sense
+with an example becomes `what does "WORD" mean in "EXAMPLE"?` -> its definition), Python's
+standard-library docstrings (rerank_sweeps/pydocs.py; summary -> the rest), a Hugging
 Face hub data set (`datasets.load_dataset`), and local jsonl/parquet/csv files.
 
 The split is deterministic from the seed. Answers that are equal after `normalize` form one
@@ -30,7 +31,7 @@ import unicodedata
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -468,6 +469,10 @@ def load_source(data: DataConfig, seed: int) -> SourceRows:
     """Read the configured source (`data.source`) into pairs and extra distractor answers."""
     if data.source == "wordnet":
         return read_wordnet(wordnet_folder(data.path), data.max_rows, seed)
+    if data.source == "pydoc":
+        from rerank_sweeps.pydocs import pydoc_folder, read_pydocs  # it imports this module
+
+        return read_pydocs(pydoc_folder(data.path), data.max_rows, seed)
     if data.source == "hub":
         return read_hub(
             data.hub_id, data.hub_split, data.question_column, data.answer_column, data.max_rows
@@ -500,6 +505,10 @@ def source_fingerprint(data: DataConfig) -> dict[str, Any]:
         folder = wordnet_folder(data.path)
         keys["path"] = str(folder.resolve())
         keys["files"] = {pos: (folder / f"data.{pos}").stat().st_size for pos in WORDNET_POS}
+    elif data.source == "pydoc":
+        from rerank_sweeps.pydocs import pydoc_fingerprint, pydoc_folder
+
+        keys |= pydoc_fingerprint(pydoc_folder(data.path))
     elif data.source == "hub":
         keys |= {"hub_id": data.hub_id, "hub_split": data.hub_split}
         keys |= {"question_column": data.question_column, "answer_column": data.answer_column}
@@ -947,7 +956,9 @@ def mine_negatives(
         )
     wanted = min(num_negatives + spare, window)
     margin: dict[str, float] = {}
-    if mining.margin_type == "relative":
+    if mining.margin is None:
+        pass  # no filter: the retriever's mistakes (negatives above the positive) are kept
+    elif mining.margin_type == "relative":
         margin["relative_margin"] = mining.margin
     else:
         margin["absolute_margin"] = mining.margin
@@ -1003,6 +1014,8 @@ def mine_negatives(
         if mining.sampling_strategy == "random" and len(kept) > num_negatives:
             kept = sorted(rng.sample(kept, num_negatives), key=lambda ts: -ts[1])
         kept = kept[:num_negatives]
+        if mining.random_share > 0:
+            kept = _mix_random(kept, corpus, key_of, banned, mining.random_share, rng)
         result.tuples.append(NTuple(row.question, row.answer, [t for t, _ in kept]))
         result.positive_scores.append(float(scores[0]))
         result.negative_scores.append([float(s) for _, s in kept])
@@ -1029,45 +1042,254 @@ def mine_negatives(
     return result
 
 
+def _bm25_rankings(
+    corpus: Sequence[str],
+    vectors: Any,
+    questions: Sequence[str],
+    depth: int,
+    work_dir: Path | None,
+) -> dict[str, list[int]]:
+    """Each question's BM25 top `depth` pool positions, from a LanceDB table of the pool (the
+    FTS the evaluation uses), written in `work_dir` (or a temporary folder)."""
+    import tempfile
+
+    from rerank_sweeps.evaluate import fts_search
+    from rerank_sweeps.index import write_table
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as folder:
+        ids = [f"p{i:08d}" for i in range(len(corpus))]
+        table = write_table(Path(folder) / "pool", ids, list(corpus), vectors)
+        hits = fts_search(table, questions, depth)
+    return {
+        q: [int(doc[1:]) for doc in found["ids"]] for q, found in zip(questions, hits, strict=True)
+    }
+
+
+def _margin_keeps(mining: MiningConfig, positive: float, negative: float) -> bool:
+    """Whether a candidate passes `mining.margin` (the library's relative/absolute rule)."""
+    if mining.margin is None:
+        return True
+    if mining.margin_type == "relative":
+        return negative <= positive * (1 - mining.margin)
+    return negative + mining.margin <= positive
+
+
+def mine_from_retriever(
+    conf: RunConfig,
+    rows: Sequence[QAPair],
+    pool_rows: Sequence[QAPair],
+    known: dict[str, Any],
+    num_negatives: int,
+    seed: int,
+    min_negatives: int | None = None,
+    work_dir: Path | None = None,
+) -> MinedRows:
+    """Negatives as the first stage retrieves them: the index embedder's nearest pool answers
+    and, with `fts` in `mining.legs`, BM25's top answers (the legs take turns).
+
+    The pool's vectors come from the evaluation's LanceDB table where it holds the text
+    (`known`: the distractors), so only the training answers and questions are encoded. Each
+    row's candidates are the top `mining.range_max` pool answers outside the question's
+    relevance sets; the first `mining.range_min` are skipped (likely unlabelled positives),
+    `mining.margin` filters as in `mine_hard_negatives`, and `mining.random_share` of the
+    negatives are replaced by random pool answers.
+    """
+    import numpy as np
+
+    from rerank_sweeps.index import embed_reusing
+
+    mining = conf.mining
+    min_negatives = num_negatives if min_negatives is None else min_negatives
+    stats: dict[str, Any] = {"rows": len(rows)}
+    if not rows:
+        return MinedRows([], [], [], stats | {"kept": 0})
+    corpus = list(dict.fromkeys(r.answer for r in pool_rows))
+    key_of = {text: answer_key(text) for text in corpus}
+    forbidden: dict[str, set[str]] = defaultdict(set)
+    for row in list(rows) + list(pool_rows):
+        if row.question:
+            forbidden[normalize(row.question)].add(row.answer_key)
+    questions = list(dict.fromkeys(r.question for r in rows))
+    reused = sum(1 for t in corpus if t in known)
+    pool_vectors = embed_reusing(conf, corpus, known, "embed mining pool")
+    question_vectors = embed_reusing(conf, questions, known, "embed questions to mine")
+    position = {text: i for i, text in enumerate(corpus)}
+    question_index = {text: i for i, text in enumerate(questions)}
+    nan = float("nan")
+    depth = min(mining.range_max, len(corpus))
+    ranked: dict[str, np.ndarray] = {}
+    chunk = max(1, _SIMILARITY_BUDGET // max(1, len(corpus)))
+    for start in range(0, len(questions), chunk):
+        sims = question_vectors[start : start + chunk] @ pool_vectors.T
+        top = np.argpartition(-sims, depth - 1, axis=1)[:, :depth]
+        for i, row_top in enumerate(top):
+            order = row_top[np.argsort(-sims[i, row_top], kind="stable")]
+            ranked[questions[start + i]] = np.stack([order, sims[i, order]])
+    bm25: dict[str, list[int]] = {}
+    if "fts" in mining.legs:
+        bm25 = _bm25_rankings(corpus, pool_vectors, questions, depth, work_dir)
+    rng = random.Random(seed)
+    result = MinedRows([], [], [], stats)
+    too_few = removed = 0
+    for row in rows:
+        banned = forbidden[normalize(row.question)]
+        qv = question_vectors[question_index[row.question]]
+        positive = float(pool_vectors[position[row.answer]] @ qv) if row.answer in position else nan
+        legs = []
+        if "vector" in mining.legs:
+            legs.append(ranked[row.question][0].astype(int).tolist())
+        if "fts" in mining.legs:
+            legs.append(bm25[row.question])
+        per_leg = []
+        for order in legs:
+            candidates = []
+            for idx in order:
+                if key_of[corpus[idx]] in banned:
+                    removed += 1
+                    continue
+                candidates.append((corpus[idx], float(pool_vectors[idx] @ qv)))
+            candidates = candidates[mining.range_min :]
+            if positive == positive:  # NaN when the positive is not in the pool (dev rows)
+                candidates = [c for c in candidates if _margin_keeps(mining, positive, c[1])]
+            per_leg.append(candidates)
+        # The legs take turns (vector first), as the hybrid candidate set mixes them.
+        candidates = []
+        seen: set[str] = set()
+        for rank in range(max((len(c) for c in per_leg), default=0)):
+            for leg in per_leg:
+                if rank < len(leg) and leg[rank][0] not in seen:
+                    seen.add(leg[rank][0])
+                    candidates.append(leg[rank])
+        if mining.sampling_strategy == "random" and len(candidates) > num_negatives:
+            candidates = sorted(rng.sample(candidates, num_negatives), key=lambda ts: -ts[1])
+        kept = candidates[:num_negatives]
+        if mining.random_share > 0:
+            kept = _mix_random(kept, corpus, key_of, banned, mining.random_share, rng)
+        if len(kept) < min_negatives:
+            too_few += 1
+            continue
+        result.tuples.append(NTuple(row.question, row.answer, [t for t, _ in kept]))
+        result.positive_scores.append(positive)
+        result.negative_scores.append([s for _, s in kept])
+    flat = [s for scores in result.negative_scores for s in scores]
+    result.stats |= {
+        "kept": len(result.tuples),
+        "dropped_too_few_negatives": too_few,
+        "candidates_removed_same_relevance_set": removed,
+        "corpus_answers": len(corpus),
+        "pool_vectors_reused": reused,
+        "range_max_used": depth,
+        "mean_positive_score": _mean(result.positive_scores),
+        "mean_negative_score": _mean(flat),
+        "legs": list(mining.legs),
+        "negatives_above_positive": sum(
+            n > p
+            for p, ns in zip(result.positive_scores, result.negative_scores, strict=True)
+            for n in ns
+        ),
+    }
+    return result
+
+
+def _mix_random(
+    kept: list[tuple[str, float]],
+    corpus: Sequence[str],
+    key_of: dict[str, str],
+    banned: set[str],
+    share: float,
+    rng: random.Random,
+) -> list[tuple[str, float]]:
+    """Each negative replaced, with probability `share`, by a random corpus answer outside the
+    question's relevance sets (score NaN: the miner did not pick it). Mixing random negatives
+    into hard ones keeps a reranker from learning only the retriever's confusions."""
+    taken = {t for t, _ in kept}
+    out = []
+    for text, score in kept:
+        if rng.random() < share:
+            for _ in range(20):  # a few tries: the pool is large, clashes are rare
+                pick = corpus[rng.randrange(len(corpus))]
+                if pick not in taken and key_of[pick] not in banned:
+                    taken.add(pick)
+                    text, score = pick, float("nan")
+                    break
+        out.append((text, score))
+    return out
+
+
 def _mean(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v == v]  # NaN: a random negative has no miner score
     return round(sum(values) / len(values), 4) if values else None
 
 
-def negatives_stage(conf: RunConfig, cache: Cache, split_art: Artifact) -> Artifact:
+def miner_config(conf: RunConfig) -> MiningConfig:
+    """The mining settings in force: with `mining.source=retriever` the miner is the index's
+    embedder (the first stage whose candidates the reranker will see)."""
+    if conf.mining.source == "retriever":
+        return replace(conf.mining, model_id=conf.index.embedder)
+    return conf.mining
+
+
+def distractor_rows(split: Split) -> list[QAPair]:
+    """The eval corpus's documents no eval query counts as relevant, as answer-only rows.
+
+    Retriever mining draws negatives from them as well as from the training answers: they are
+    the texts the reranker will meet among its candidates, and never an eval answer.
+    """
+    relevant = {doc for q in split.eval for doc in q.relevant}
+    return [
+        QAPair(f"x{d.id}", "", d.text, answer_key(d.text))
+        for d in split.corpus
+        if d.id not in relevant
+    ]
+
+
+def negatives_stage(
+    conf: RunConfig, cache: Cache, split_art: Artifact, index_art: Artifact | None = None
+) -> Artifact:
     """Mined train and dev n-tuples (key: conf.mining, conf.negatives, the split's key).
 
-    Training rows get exactly `negatives` negatives from training answers only; dev rows get
-    between `negatives` and max(mining.dev_negatives, negatives) from train+dev answers (for
-    the dev evaluators, which rerank each positive among its negatives).
+    Training rows get exactly `negatives` negatives: with `mining.source=model`, mined by
+    `mining.model_id` from the training answers; with `mining.source=retriever`, retrieved by
+    the index embedder from the training answers and the corpus's distractors (`index_art`
+    lends the distractors' vectors). Dev rows get between `negatives` and
+    max(mining.dev_negatives, negatives) from train+dev answers, for the mined-tuple dev
+    evaluator; `mining.dev_negatives=0` mines none (the dev signal is then the candidates).
     """
-    config = {"mining": conf.mining, "negatives": conf.negatives, "seed": conf.seed}
+    mining = miner_config(conf)
+    config = {"mining": mining, "negatives": conf.negatives, "seed": conf.seed}
 
     def build(out_dir: Path, work_dir: Path) -> None:
         split = load_split(split_art)
-        model, bf16 = load_miner(conf.mining)
-        dev_count = max(conf.mining.dev_negatives, conf.negatives)
+        dev_count = max(mining.dev_negatives, conf.negatives) if mining.dev_negatives else 0
         started = time.perf_counter()
-        embeddings = work_dir / "embeddings"  # survives a killed build: resume, don't re-encode
-        train = mine_negatives(
-            split.train,
-            split.train,
-            model,
-            conf.mining,
-            conf.negatives,
-            conf.seed,
-            cache_folder=embeddings,
-        )
+        bf16 = False
+        if mining.source == "retriever":
+            from rerank_sweeps.index import known_vectors
+
+            known = known_vectors(index_art)
+            pool = split.train + distractor_rows(split)
+            retriever_conf = replace(conf, mining=mining)
+
+            def mine(rows: list[QAPair], pool_rows: list[QAPair], n: int, low: int) -> MinedRows:
+                return mine_from_retriever(
+                    retriever_conf, rows, pool_rows, known, n, conf.seed, low, work_dir
+                )
+        else:
+            model, bf16 = load_miner(mining)
+            embeddings = work_dir / "embeddings"  # survives a killed build: resume
+            pool = split.train
+
+            def mine(rows: list[QAPair], pool_rows: list[QAPair], n: int, low: int) -> MinedRows:
+                return mine_negatives(
+                    rows, pool_rows, model, mining, n, conf.seed, low, cache_folder=embeddings
+                )
+
+        train = mine(split.train, pool, conf.negatives, conf.negatives)
         train_seconds = time.perf_counter() - started
-        dev = mine_negatives(
-            split.dev,
-            split.train + split.dev,
-            model,
-            conf.mining,
-            dev_count,
-            conf.seed,
-            min_negatives=conf.negatives,
-            cache_folder=embeddings,
-        )
+        if dev_count:
+            dev = mine(split.dev, split.train + split.dev, dev_count, conf.negatives)
+        else:
+            dev = MinedRows([], [], [], {"rows": len(split.dev), "kept": 0})
         if not train.tuples:
             raise UserError(
                 "hard-negative mining kept no training rows: relax mining.margin, lower "
@@ -1076,7 +1298,12 @@ def negatives_stage(conf: RunConfig, cache: Cache, split_art: Artifact) -> Artif
         _write_jsonl(out_dir / "train.jsonl", (asdict(t) for t in train.tuples))
         _write_jsonl(out_dir / "dev.jsonl", (asdict(t) for t in dev.tuples))
         stats = {
-            "model_id": conf.mining.model_id,
+            "model_id": mining.model_id,
+            "source": mining.source,
+            "pool": {
+                "train_answers": len(split.train),
+                "distractors": len(pool) - len(split.train),
+            },
             "bf16": bf16,
             "train": train.stats | {"seconds": round(train_seconds, 3)},
             "dev": dev.stats | {"negatives": dev_count},
@@ -1087,11 +1314,12 @@ def negatives_stage(conf: RunConfig, cache: Cache, split_art: Artifact) -> Artif
             "negatives: %d train tuples, %d dev tuples with %s in %.1fs",
             len(train.tuples),
             len(dev.tuples),
-            conf.mining.model_id,
+            mining.model_id,
             stats["seconds"],
         )
 
-    return cache.stage("negatives", NEGATIVES_VERSION, config, [split_art], build)
+    inputs = [split_art] + ([index_art] if mining.source == "retriever" and index_art else [])
+    return cache.stage("negatives", NEGATIVES_VERSION, config, inputs, build)
 
 
 def load_negatives(path_or_artifact: Path | str | Artifact) -> Negatives:

@@ -61,6 +61,7 @@ CANDIDATES_VERSION = 1
 SCORES_VERSION = 1
 METRICS = ("hit", "mrr", "ndcg")
 BASELINE, CEILING = "baseline", "ceiling"
+RERANKED, FUSED = "reranked", "fused"
 RRF_K = 60  # LanceDB's RRFReranker default
 Z95 = 1.959963984540054
 FTS_THREADS = 4  # LanceDB runs queries on its own runtime; a few in flight hide its latency
@@ -173,9 +174,14 @@ def retrieve(
     return out, stats
 
 
-def candidates_key(conf: RunConfig) -> dict[str, Any]:
+def candidates_key(
+    conf: RunConfig, legs: Sequence[str] | None = None, depth: int | None = None
+) -> dict[str, Any]:
     """The config the candidates stage reads; the model is not part of it."""
-    key: dict[str, Any] = {"legs": legs_for(conf.query_type.types), "depth": depth_for(conf)}
+    key: dict[str, Any] = {
+        "legs": sorted(legs) if legs is not None else legs_for(conf.query_type.types),
+        "depth": depth if depth is not None else depth_for(conf),
+    }
     if conf.index.ann is not None:  # query-time ANN settings change the vector leg
         key["ann_nprobes"] = conf.index.ann_nprobes
         key["ann_refine_factor"] = conf.index.ann_refine_factor
@@ -183,19 +189,25 @@ def candidates_key(conf: RunConfig) -> dict[str, Any]:
 
 
 def candidates_stage(
-    conf: RunConfig, cache: Cache, split_art: Artifact, index_art: Artifact
+    conf: RunConfig,
+    cache: Cache,
+    split_art: Artifact,
+    index_art: Artifact,
+    query_types: Sequence[str] | None = None,
+    depth: int | None = None,
 ) -> Artifact:
     """Each leg's top-D rows for every eval query, retrieved once (cached without the model).
 
     The key holds the legs the query types need (hybrid = vector + fts, so `query_type=all`
     and `query_type=hybrid` share one artifact), the depth, the split and the table.
+    `query_types` and `depth` default to the evaluation's (the dev signal sets its own).
     """
+    legs = legs_for(query_types if query_types is not None else conf.query_type.types)
+    depth = depth if depth is not None else depth_for(conf)
 
     def build(out_dir: Path, work_dir: Path) -> None:
         started = time.perf_counter()
         queries = read_eval_queries(split_art.path)
-        legs = legs_for(conf.query_type.types)
-        depth = depth_for(conf)
         results, stats = retrieve(
             conf, open_table(index_art), [q for _, q, _ in queries], legs, depth
         )
@@ -215,7 +227,11 @@ def candidates_stage(
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
 
     return cache.stage(
-        "candidates", CANDIDATES_VERSION, candidates_key(conf), [split_art, index_art], build
+        "candidates",
+        CANDIDATES_VERSION,
+        candidates_key(conf, legs, depth),
+        [split_art, index_art],
+        build,
     )
 
 
@@ -427,7 +443,7 @@ def leg_table(item: EvalItem, leg: str, depth: int, texts: dict[str, str]) -> pa
 
 
 def reranked_ranking(
-    reranker: ModelReranker, item: EvalItem, query_type: str, depth: int, texts: dict[str, str]
+    reranker: Any, item: EvalItem, query_type: str, depth: int, texts: dict[str, str]
 ) -> list[str]:
     """The candidate set reranked through the reranker's LanceDB `rerank_*` method."""
     if query_type == "vector":
@@ -441,6 +457,45 @@ def reranked_ranking(
             leg_table(item, "fts", depth, texts),
         )
     return out["id"].to_pylist()
+
+
+def _add_fused(
+    conf: RunConfig,
+    reranker: ModelReranker,
+    meta: dict[str, Any],
+    rankings: Rankings,
+    types: Sequence[str],
+    ks: Sequence[int],
+    texts: dict[str, str],
+) -> dict[str, Any] | None:
+    """Rankings of `fused` (the primed reranker fused with the first stage, weights from dev);
+    None, with one warning, when the model has no weights fit on dev (trained without dev)."""
+    from rerank_sweeps.fusion import FusedReranker
+
+    method = conf.rerank.fusion
+    fitted = (meta.get("fusion") or {}).get(method)
+    if not fitted:
+        log.warning(
+            "rerank.fusion=%s: no fused row, the model has no fusion weights fit on dev (it was "
+            "trained without dev questions)",
+            method,
+        )
+        return None
+    weights = {qt: float(v["weight"]) for qt, v in fitted.items()}
+    missing = [qt for qt in types if qt not in weights]
+    if missing:
+        raise UserError(
+            f"rerank.fusion={method}: no weight fit on dev for query type(s) {missing} "
+            f"(dev.query_types={list(weights)}): add them to dev.query_types"
+        )
+    fused = FusedReranker(reranker, method, weights)
+    for qt in types:
+        for k in ks:
+            d = depth_for(conf, k)
+            rankings.by_key[(qt, FUSED, k)] = [
+                reranked_ranking(fused, item, qt, d, texts) for item in rankings.items
+            ]
+    return {"method": method, "weights": weights, "dev": fitted, "of": RERANKED}
 
 
 # --------------------------------------------------------------------------------------------
@@ -720,13 +775,17 @@ def evaluate(
                             f"{type(err).__name__}: {err}"
                         ) from err
                 rankings.by_key[(qt, name, k)] = out
+        if name == RERANKED and conf.rerank.fusion != "none":
+            fused_info = _add_fused(conf, reranker, meta, rankings, types, ks, texts)
+            if fused_info is not None:
+                system_info[FUSED] = fused_info
         if reranker.pairs_scored:  # primed scores should have covered every pair
             log.warning(
                 "%s: %d pairs were scored outside the scores stage", name, reranker.pairs_scored
             )
         reranker.clear_primed()
 
-    system_names = [BASELINE, *systems, CEILING]
+    system_names = [BASELINE, *systems, *([FUSED] if FUSED in system_info else []), CEILING]
     results = compute_results(rankings, types, system_names, ks, conf.eval.bootstrap, conf.seed)
     counts: dict[str, Any] = {"queries": len(items)}
     for qt in types:

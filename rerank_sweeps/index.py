@@ -242,14 +242,46 @@ def index_key(conf: RunConfig) -> dict[str, Any]:
     return key
 
 
-def index_stage(conf: RunConfig, cache: Cache, split_art: Artifact) -> Artifact:
-    """The LanceDB table of the split's corpus (cached on the corpus and the embedder)."""
+def known_vectors(index_art: Artifact | None) -> dict[str, np.ndarray]:
+    """text -> vector of every row of another index artifact (empty without one)."""
+    if index_art is None:
+        return {}
+    rows = open_table(index_art).to_arrow().select(["text", "vector"])
+    vectors = np.asarray(rows["vector"].combine_chunks().flatten().to_numpy(), dtype=np.float32)
+    matrix = vectors.reshape(rows.num_rows, -1)
+    return dict(zip(rows["text"].to_pylist(), matrix, strict=True))
+
+
+def embed_reusing(
+    conf: RunConfig, texts: Sequence[str], known: dict[str, np.ndarray], desc: str
+) -> np.ndarray:
+    """Embeddings of `texts`, taking those in `known` (same embedder) instead of encoding them."""
+    todo = list(dict.fromkeys(t for t in texts if t not in known))
+    if todo:
+        embedder = load_embedder(conf.index.embedder, conf.eval.device)
+        known = {
+            **known,
+            **dict(zip(todo, embed(embedder, todo, conf.index.batch_size, desc), strict=True)),
+        }
+    if not texts:
+        return np.empty((0, 0), dtype=np.float32)
+    return np.stack([known[t] for t in texts]).astype(np.float32, copy=False)
+
+
+def index_stage(
+    conf: RunConfig, cache: Cache, split_art: Artifact, reuse: Artifact | None = None
+) -> Artifact:
+    """The LanceDB table of the split's corpus (cached on the corpus and the embedder).
+
+    `reuse`: another index artifact of the same embedder whose vectors are taken for the texts
+    it holds (it does not enter the key: the vectors are the same either way).
+    """
 
     def build(out_dir: Path, work_dir: Path) -> None:
         started = time.perf_counter()
         ids, texts = read_corpus(split_art.path)
-        embedder = load_embedder(conf.index.embedder, conf.eval.device)
-        vectors = embed(embedder, texts, conf.index.batch_size, "embed corpus")
+        known = known_vectors(reuse) if reuse is not None else {}
+        vectors = embed_reusing(conf, texts, known, "embed corpus")
         embedded = time.perf_counter()
         table = write_table(out_dir / DB_DIR, ids, texts, vectors)
         stats: dict[str, Any] = {
@@ -260,10 +292,12 @@ def index_stage(conf: RunConfig, cache: Cache, split_art: Artifact) -> Artifact:
             "fts": "native",
             "ann": conf.index.ann,
             "embed_seconds": round(embedded - started, 3),
+            "reused_vectors": sum(1 for t in texts if t in known),
             "ingest_seconds": round(time.perf_counter() - embedded, 3),
         }
         if conf.index.ann is not None:
             create_ann_index(table, conf)
+            embedder = load_embedder(conf.index.embedder, conf.eval.device)
             questions = [str(r["question"]) for r in read_jsonl(split_art.path / "eval.jsonl")]
             qvecs = embed(embedder, questions, conf.index.batch_size, "embed eval queries")
             depth = min(max(ANN_RECALL_DEPTHS), len(ids))

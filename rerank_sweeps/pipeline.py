@@ -120,6 +120,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         "paired": result.paired,
         "latency": result.latency,
         "fingerprints": {name: art.key for name, art in result.artifacts.items()},
+        **_dev_fields(result.artifacts.get("model")),
     }
     record.complete(**fields)
     tracker.log_results(record.data)
@@ -148,24 +149,35 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
 
     with timer("split"):
         arts["split"] = data.split_stage(conf, cache)
-    with timer("negatives"):
-        arts["negatives"] = data.negatives_stage(conf, cache, arts["split"])
-
     results: dict[str, Any] = {}
     latency: dict[str, float] = {}
     stages_present = _available_stages()
+    if {"index", "evaluate"} <= stages_present:
+        from rerank_sweeps import index
+
+        with timer("index"):
+            arts["index"] = index.index_stage(conf, cache, arts["split"])
+    with timer("negatives"):
+        arts["negatives"] = data.negatives_stage(conf, cache, arts["split"], arts.get("index"))
+    dev = None
+    if "index" in arts:
+        from rerank_sweeps import devsignal
+
+        with timer("dev"):
+            dev = devsignal.dev_stages(conf, cache, arts["split"], arts["index"])
+        if dev is not None:
+            arts |= {"devsplit": dev.split, "devindex": dev.index, "devcandidates": dev.candidates}
     if "train" in stages_present:
         from rerank_sweeps import train
 
         with timer("model"):
-            arts["model"] = train.model_stage(conf, cache, arts["split"], arts["negatives"])
+            arts["model"] = train.model_stage(conf, cache, arts["split"], arts["negatives"], dev)
             if conf.eval.untrained and conf.epochs > 0:
                 arts["untrained"] = train.untrained_stage(conf, cache)
+        _warn_if_gate_failed(conf, arts["model"])
     if {"index", "evaluate"} <= stages_present and "model" in arts:
-        from rerank_sweeps import evaluate, index
+        from rerank_sweeps import evaluate
 
-        with timer("index"):
-            arts["index"] = index.index_stage(conf, cache, arts["split"])
         with timer("candidates"):
             arts["candidates"] = evaluate.candidates_stage(
                 conf, cache, arts["split"], arts["index"]
@@ -209,6 +221,27 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
         stage_seconds=timer.seconds,
         artifacts=arts,
     )
+
+
+def _dev_fields(model_art: Artifact | None) -> dict[str, Any]:
+    """What the trained model's dev evaluation says, for record.json: the dev gate, the dev
+    metrics beside the first stage's, and the fusion weights (all measured on dev only)."""
+    from rerank_sweeps.rerankers import read_reranker_meta
+
+    if model_art is None:
+        return {}
+    meta = read_reranker_meta(model_art.path)
+    keys = ("dev_gate", "dev", "dev_first_stage", "fusion", "dev_protocol")
+    return {key: meta[key] for key in keys if key in meta}
+
+
+def _warn_if_gate_failed(conf: RunConfig, model_art: Artifact) -> None:
+    from rerank_sweeps.devsignal import gate_message
+    from rerank_sweeps.rerankers import read_reranker_meta
+
+    dev_gate = read_reranker_meta(model_art.path).get("dev_gate")
+    if conf.dev.gate and dev_gate and not dev_gate["passed"]:
+        log.warning("%s", gate_message(dev_gate))
 
 
 def _available_stages() -> set[str]:

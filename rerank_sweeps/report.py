@@ -14,7 +14,7 @@ import math
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,116 @@ def _fmt(value: float | None, interval: Sequence[float] | None = None, bold: boo
     return f"**{text}**" if bold else text
 
 
+GATE_FAILED_NOTE = (
+    "the trained reranker did not beat the first stage on dev questions; its numbers are "
+    "reported but it should not be deployed as is"
+)
+GATE_MARK = "†"
+
+
+def _gate_metric(dev_gate: dict[str, Any]) -> str:
+    """'dev nDCG@10' from the gate's metric ('dev ndcg@10, mean over query types')."""
+    name = str(dev_gate.get("metric") or "dev metric").split(",")[0].strip()
+    return name.replace("ndcg", "nDCG").replace("mrr", "MRR")
+
+
+def gate_failed(record: dict[str, Any]) -> bool:
+    """Whether the record's dev gate failed (False when the record has none)."""
+    dev_gate = record.get("dev_gate")
+    return isinstance(dev_gate, dict) and dev_gate.get("passed") is False
+
+
+def gate_cell(record: dict[str, Any]) -> str:
+    """passed / FAILED (dev nDCG@10 0.412 <= first stage 0.455) / – (no dev gate recorded)."""
+    dev_gate = record.get("dev_gate")
+    if not isinstance(dev_gate, dict) or "passed" not in dev_gate:
+        return "–"
+    if dev_gate["passed"]:
+        return "passed"
+    numbers = _gate_numbers(dev_gate)
+    return f"FAILED ({numbers})" if numbers else "FAILED"
+
+
+def _gate_numbers(dev_gate: dict[str, Any]) -> str:
+    """'dev nDCG@10 0.412 <= first stage 0.455' ('' when the gate holds no numbers)."""
+    ours, first = dev_gate.get("reranked"), dev_gate.get("first_stage")
+    if not isinstance(ours, (int, float)) or not isinstance(first, (int, float)):
+        return ""
+    return f"{_gate_metric(dev_gate)} {ours:.3f} <= first stage {first:.3f}"
+
+
+def gate_footnote(
+    records: Sequence[dict[str, Any]], name: Callable[[dict[str, Any]], str] = run_label
+) -> str:
+    """The line under a table that marks failed runs with †: which runs, and what it means."""
+    failed = [r for r in records if gate_failed(r)]
+    if not failed:
+        return ""
+    runs = "; ".join(
+        f"{name(r)}: {_gate_numbers(r['dev_gate'])}" if _gate_numbers(r["dev_gate"]) else name(r)
+        for r in failed
+    )
+    return f"{GATE_MARK} dev gate FAILED ({runs}): {GATE_FAILED_NOTE}."
+
+
+def _gate_note(records: Sequence[dict[str, Any]]) -> str:
+    """The sentence under the jobs table explaining its dev gate column ('' when no run has one)."""
+    gated = [r for r in records if isinstance(r.get("dev_gate"), dict)]
+    if not gated:
+        return ""
+    metric = _gate_metric(gated[0]["dev_gate"])
+    note = (
+        "dev gate: whether the trained reranker beats the first stage (no reranker) on the dev "
+        f"questions ({metric}, mean over the dev query types); – where the run recorded none."
+    )
+    if any(gate_failed(r) for r in records):
+        note += f" FAILED: {GATE_FAILED_NOTE}."
+    return note
+
+
+def _has_system(record: dict[str, Any], system: str, metric: str, k: int) -> bool:
+    metrics = record.get("metrics") or {}
+    return any(f"{qt}/{system}/{metric}@{k}" in metrics for qt in QUERY_TYPES)
+
+
+def fusion_table(records: Sequence[dict[str, Any]]) -> str:
+    """The fusion weights fit on dev per run, method and query type ('' when none recorded).
+
+    The weight is the reranker's share (1: the reranker alone, 0: the first stage alone).
+    """
+    lines = []
+    for r in records:
+        fusion = r.get("fusion")
+        if not isinstance(fusion, dict):
+            continue
+        evaluated = ((r.get("config") or {}).get("rerank") or {}).get("fusion")
+        for method, per_type in fusion.items():
+            if not isinstance(per_type, dict):
+                continue
+            cells = []
+            for qt in QUERY_TYPES:
+                fit = per_type.get(qt)
+                if not isinstance(fit, dict) or fit.get("weight") is None:
+                    cells.append("–")
+                    continue
+                cell = f"{float(fit['weight']):.2f}"
+                if isinstance(fit.get("dev"), (int, float)):
+                    cell += f" (dev {fit['dev']:.3f})"
+                cells.append(cell)
+            shown = f"{method} (the `fused` rows)" if method == evaluated else method
+            lines.append(f"| {run_label(r)} | {shown} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = [
+        "Reranker weight per query type, fit on dev only (1: the reranker alone, 0: the first "
+        "stage alone), with the dev nDCG@10 it reached.",
+        "",
+        "| run | method | " + " | ".join(QUERY_TYPES) + " |",
+        "|---|---|" + "---|" * len(QUERY_TYPES),
+    ]
+    return "\n".join(head + lines)
+
+
 def metric_ks(records: list[dict[str, Any]]) -> list[int]:
     """Every k with a hit@k metric in some record, ascending."""
     ks = set()
@@ -77,7 +187,10 @@ def quality_tables(records: list[dict[str, Any]], metric: str = "hit") -> str:
         rows: list[tuple[str, dict[str, Any], str]] = []
         seen_refs: set[tuple[str, str]] = set()
         for r in completed:
-            rows.append((run_label(r), r, "reranked"))
+            mark = GATE_MARK if gate_failed(r) else ""
+            rows.append((run_label(r) + mark, r, "reranked"))
+            if _has_system(r, "fused", metric, k):
+                rows.append((f"{run_label(r)} fused", r, "fused"))
         for r in completed:
             # Reference rows depend on the data and candidates, not on the reranker: show each
             # distinct one once (the untrained row once per arch and base).
@@ -121,12 +234,18 @@ def quality_tables(records: list[dict[str, Any]], metric: str = "hit") -> str:
                 cells.append(_fmt(value, r.get("intervals", {}).get(key), is_best))
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
+        footnote = gate_footnote(completed)
+        if footnote:
+            out += [footnote, ""]
     return "\n".join(out)
 
 
 def status_table(records: list[dict[str, Any]]) -> str:
     """Every job with its status (completed, failed with reason, running, died)."""
-    lines = ["| job | run | status | objective | run dir |", "|---|---|---|---|---|"]
+    lines = [
+        "| job | run | status | objective | dev gate | run dir |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sorted(
         records,
         key=lambda r: (
@@ -145,8 +264,12 @@ def status_table(records: list[dict[str, Any]]) -> str:
             status += f": {r['reason']}"
         lines.append(
             f"| {r.get('job_num', '') if r.get('job_num') is not None else ''} | {r.get('name')} | "
-            f"{html.escape(status, quote=False)} | {objective or '–'} | `{r.get('run_dir')}` |"
+            f"{html.escape(status, quote=False)} | {objective or '–'} | "
+            f"{gate_cell(r)} | `{r.get('run_dir')}` |"
         )
+    note = _gate_note(records)
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 
@@ -316,6 +439,7 @@ def build_report(root: Path, out: Path | None = None, objective: str | None = No
     if quality_latency:
         plots.append(quality_latency)
     plots.extend(_plot_params(records, objective, out))
+    fusion = fusion_table(records)
     sections = [
         f"# rerank_sweeps report: {root}",
         "",
@@ -329,6 +453,7 @@ def build_report(root: Path, out: Path | None = None, objective: str | None = No
         quality_tables(records, "hit") or "_no completed evaluation yet_",
         "## MRR",
         quality_tables(records, "mrr") or "_no completed evaluation yet_",
+        *(["## Fusion weights (fit on dev)", fusion, ""] if fusion else []),
         "## Significance (paired, against the no-rerank baseline)",
         significance(records) or "_no paired statistics recorded_",
         "",

@@ -306,6 +306,11 @@ class WandbTracker:
                 {f"stage_seconds/{k}": v for k, v in record.get("stage_seconds", {}).items()}
             )
             summary["cache_hits"] = ",".join(sorted(record.get("cache_hits", [])))
+            dev_gate = record.get("dev_gate")
+            if dev_gate:
+                summary["dev_gate/passed"] = dev_gate["passed"]
+                summary["dev_gate/reranked"] = dev_gate["reranked"]
+                summary["dev_gate/first_stage"] = dev_gate["first_stage"]
             for key, value in summary.items():
                 self.run.summary[key] = value
         except Exception as err:  # noqa: BLE001

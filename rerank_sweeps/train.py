@@ -21,7 +21,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ from urllib.parse import urlparse
 import numpy as np
 
 from rerank_sweeps.cache import Artifact, Cache
-from rerank_sweeps.config import RunConfig, UserError
+from rerank_sweeps.config import ARCH_LOSSES, RunConfig, UserError
 from rerank_sweeps.data import NTuple, load_negatives
+from rerank_sweeps.devsignal import DevArtifacts, DevData, candidate_evaluator, finish_training
 from rerank_sweeps.models import hub_unavailable, resolve_model
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ DEV_METRIC = f"eval_{DEV_NAME}_ndcg@{AT_K}"  # what picks the best checkpoint an
 # Fields of ArchConfig that only one architecture reads: left out of the other's cache key.
 _CE_ONLY = ("pos_weight",)
 _COLBERT_ONLY = ("query_length", "embedding_size", "temperature")
+# Fields of ArchConfig that never change the trained weights: left out of every cache key.
+_NOT_IN_KEY = ("checkpoint_minutes",)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -54,14 +57,32 @@ def arch_key(conf: RunConfig) -> dict[str, Any]:
     fields = asdict(conf.arch)
     for name in _COLBERT_ONLY if conf.arch.name == "ce" else _CE_ONLY:
         fields.pop(name)
+    for name in _NOT_IN_KEY:
+        fields.pop(name, None)
+    fields["loss"] = loss_name(conf)  # null and the arch's default name train the same model
+    if fields["loss"] != "bce":
+        fields.pop("pos_weight", None)  # read by BinaryCrossEntropyLoss only
     return fields
 
 
-def model_stage(conf: RunConfig, cache: Cache, split_art: Artifact, neg_art: Artifact) -> Artifact:
+def loss_name(conf: RunConfig) -> str:
+    """The configured training loss, `arch.loss` null meaning the architecture's default."""
+    return conf.arch.loss or ARCH_LOSSES[conf.arch.name][0]
+
+
+def model_stage(
+    conf: RunConfig,
+    cache: Cache,
+    split_art: Artifact,
+    neg_art: Artifact,
+    dev: DevArtifacts | None = None,
+) -> Artifact:
     """The trained reranker: `model/` + `reranker.json`, cached on what training reads.
 
-    The key holds arch, base, init, epochs, negatives, seed and the negatives artifact (which
-    itself depends on the split), never evaluation-only settings such as top_k or query_type.
+    The key holds arch, base, init, epochs, negatives, seed, the negatives artifact (which
+    itself depends on the split) and, with `dev`, the dev candidates that pick the best
+    checkpoint (their protocol is `conf.dev`, fixed), never evaluation-only settings such as
+    top_k or query_type. Without `dev`, the mined dev tuples drive checkpoint selection.
     `split_art` is accepted for the pipeline's uniform signature; training reads only `neg_art`.
     """
     del split_art  # the negatives artifact carries train/dev tuples and depends on the split
@@ -76,9 +97,11 @@ def model_stage(conf: RunConfig, cache: Cache, split_art: Artifact, neg_art: Art
 
     def build(out_dir: Path, work_dir: Path) -> None:
         train_rows, dev_rows = read_tuples(neg_art)
-        train_reranker(conf, train_rows, dev_rows, out_dir, work_dir)
+        dev_data = DevData.load(conf, dev) if dev is not None else None
+        train_reranker(conf, train_rows, dev_rows, out_dir, work_dir, dev_data)
 
-    return cache.stage("model", MODEL_VERSION, key_config, [neg_art], build)
+    inputs = [neg_art] if dev is None else [neg_art, dev.split, dev.candidates]
+    return cache.stage("model", MODEL_VERSION, key_config, inputs, build)
 
 
 def untrained_stage(conf: RunConfig, cache: Cache) -> Artifact:
@@ -149,11 +172,20 @@ def ce_pairs(rows: Sequence[NTuple]) -> dict[str, list]:
     return {"query": query, "passage": passage, "label": label}
 
 
-def colbert_tuples(rows: Sequence[NTuple]) -> dict[str, list[str]]:
+def ce_lists(rows: Sequence[NTuple]) -> dict[str, list]:
+    """Listwise rows, one per question: query, docs [positive, *negatives], labels [1, 0, ...]."""
+    return {
+        "query": [t.question for t in rows],
+        "docs": [[t.positive, *t.negatives] for t in rows],
+        "labels": [[1] + [0] * len(t.negatives) for t in rows],
+    }
+
+
+def colbert_tuples(rows: Sequence[NTuple], what: str = "ColBERT") -> dict[str, list[str]]:
     """Columns query, positive, negative_1..n (n = the fewest negatives of any row)."""
     n = min((len(t.negatives) for t in rows), default=0)
     if n == 0:
-        raise UserError("ColBERT training needs at least one negative per training question")
+        raise UserError(f"{what} training needs at least one negative per training question")
     columns: dict[str, list[str]] = {"query": [], "positive": []}
     for i in range(1, n + 1):
         columns[f"negative_{i}"] = []
@@ -451,14 +483,17 @@ def _training_args(
         "disable_tqdm": False,
         "dataloader_num_workers": 0,
     }
-    if conf.arch.name == "ce":
-        from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
-
-        return CrossEncoderTrainingArguments(**common)
     from sentence_transformers.training_args import (
         BatchSamplers,
         SentenceTransformerTrainingArguments,
     )
+
+    if conf.arch.name == "ce":
+        from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+
+        if loss_name(conf) == "cmnrl":  # in-batch negatives: no text twice in one batch
+            common["batch_sampler"] = BatchSamplers.NO_DUPLICATES
+        return CrossEncoderTrainingArguments(**common)
 
     return SentenceTransformerTrainingArguments(**common, batch_sampler=BatchSamplers.NO_DUPLICATES)
 
@@ -506,6 +541,57 @@ def dev_callbacks() -> list[Any]:
     return [_evaluate_at_end_callback(), _report_dev_callback()]
 
 
+def checkpoint_by_time_callback(
+    minutes: float | None, clock: Callable[[], float] | None = None
+) -> Any | None:
+    """A callback that also checkpoints once `minutes` passed since the last save (None: none).
+
+    It only sets `control.should_save` at a step's end; `save_steps` stays the eval interval,
+    so transformers' check that save steps are a multiple of eval steps (required by
+    `load_best_model_at_end`) is unaffected. A checkpoint saved without an evaluation carries
+    no metric: `_save_checkpoint` keeps the best step found at the last evaluation, and the
+    rotation (`save_total_limit`) protects that best checkpoint and the newest one, which is
+    what `last_complete_checkpoint` resumes from. `clock` (seconds, default time.monotonic)
+    is for tests.
+    """
+    if minutes is None:
+        return None
+    from transformers import TrainerCallback
+
+    seconds = 60.0 * float(minutes)
+
+    def now() -> float:
+        return (clock or time.monotonic)()
+
+    class CheckpointByTime(TrainerCallback):
+        """Save a checkpoint when `seconds` passed since training began or the last save."""
+
+        def __init__(self) -> None:
+            self.last_save = now()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_save = now()  # model loading and a resume's setup do not count
+            return control
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if now() - self.last_save >= seconds:
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            self.last_save = now()
+            return control
+
+    return CheckpointByTime()
+
+
+def trainer_callbacks(conf: RunConfig, evaluator: Any) -> list[Any]:
+    """Both trainers' callbacks: checkpoints by time always, the dev ones with an evaluator."""
+    callbacks = dev_callbacks() if evaluator is not None else []
+    by_time = checkpoint_by_time_callback(conf.arch.checkpoint_minutes)
+    return callbacks + ([by_time] if by_time is not None else [])
+
+
 def _cross_encoder_trainer_class():
     from sentence_transformers.cross_encoder import CrossEncoderTrainer
 
@@ -528,6 +614,41 @@ def _cross_encoder_trainer_class():
     return ReloadingCrossEncoderTrainer
 
 
+def ce_dataset_and_loss(conf: RunConfig, model: Any, train: Sequence[NTuple]) -> tuple[Any, Any]:
+    """The training dataset and sentence-transformers loss of `arch.loss` for a cross-encoder.
+
+    - bce: (query, passage, label) pairs, one row per (question, text), BinaryCrossEntropyLoss
+      with `pos_weight` (null: the number of negatives).
+    - lambda / listnet: one row per question, (query, docs, labels) with the positive first
+      (label 1) and every negative (label 0); LambdaLoss / ListNetLoss on the raw logits.
+      The model's own activation (applied by `predict`) becomes Identity, saved with it, so
+      the scores it gives are the logits these losses trained: Sigmoid would squash the
+      unbounded listwise logits into float32 ties at 1.0.
+    - cmnrl: one row per question, (query, positive, negative_1..n),
+      CachedMultipleNegativesRankingLoss (also in-batch negatives; CPU-safe gradient cache).
+
+    A dataset row is one training example: for the listwise and n-tuple losses that is one
+    question with all its texts, so `arch.batch_size` counts questions there, pairs for bce.
+    """
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import losses
+
+    name = loss_name(conf)
+    if name == "bce":
+        pos_weight = conf.arch.pos_weight if conf.arch.pos_weight is not None else conf.negatives
+        loss = losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(pos_weight)))
+        return Dataset.from_dict(ce_pairs(train)), loss
+    if name in ("lambda", "listnet"):
+        model.set_activation_fn(torch.nn.Identity())
+        cls = losses.LambdaLoss if name == "lambda" else losses.ListNetLoss
+        return Dataset.from_dict(ce_lists(train)), cls(model, activation_fn=torch.nn.Identity())
+    if name == "cmnrl":
+        dataset = Dataset.from_dict(colbert_tuples(train, what="arch.loss=cmnrl"))
+        return dataset, losses.CachedMultipleNegativesRankingLoss(model)
+    raise UserError(f"arch.loss={name!r} is not a cross-encoder loss")  # validated in RunConfig
+
+
 def build_trainer(
     conf: RunConfig, model: Any, train: Sequence[NTuple], evaluator: Any, output_dir: Path
 ):
@@ -536,20 +657,15 @@ def build_trainer(
 
     bf16 = use_bf16(conf.arch.bf16)
     if conf.arch.name == "ce":
-        import torch
-        from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-
-        dataset = Dataset.from_dict(ce_pairs(train))
+        dataset, loss = ce_dataset_and_loss(conf, model, train)
         sched = schedule(len(dataset), conf)
-        pos_weight = conf.arch.pos_weight if conf.arch.pos_weight is not None else conf.negatives
-        loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(pos_weight)))
         trainer = _cross_encoder_trainer_class()(
             model=model,
             args=_training_args(conf, output_dir, sched, bf16, evaluator is not None),
             train_dataset=dataset,
             loss=loss,
             evaluator=evaluator,
-            callbacks=dev_callbacks() if evaluator is not None else [],
+            callbacks=trainer_callbacks(conf, evaluator),
         )
         return trainer, sched, len(dataset)
     from pylate import losses, utils
@@ -564,7 +680,7 @@ def build_trainer(
         loss=losses.Contrastive(model, temperature=conf.arch.temperature),
         evaluator=evaluator,
         data_collator=utils.ColBERTCollator(model.tokenize),
-        callbacks=dev_callbacks() if evaluator is not None else [],
+        callbacks=trainer_callbacks(conf, evaluator),
     )
     return trainer, sched, len(dataset)
 
@@ -575,13 +691,21 @@ def train_reranker(
     dev: Sequence[NTuple],
     out_dir: Path,
     work_dir: Path,
+    dev_data: DevData | None = None,
 ) -> dict[str, Any]:
     """Train (or, with epochs=0, just save) the reranker into `out_dir`; resumable via `work_dir`.
 
-    Returns the reranker.json payload.
+    With `dev_data` the dev signal is the dev questions reranked among their real candidates
+    (checkpoint selection, pruning), and the payload also holds the first stage's dev metrics,
+    the dev gate and the fusion weights; without it, the mined dev tuples. Returns the
+    reranker.json payload.
     """
     model, model_id = load_start_model(conf)
-    evaluator = make_evaluator(conf, dev) if clean_dev(dev) else None
+    if dev_data is not None and dev_data.items:
+        meta = {"max_length": conf.arch.max_length, "query_length": conf.arch.query_length}
+        evaluator = candidate_evaluator(conf.arch.name, dev_data, conf.eval.batch_size, meta)
+    else:
+        evaluator = make_evaluator(conf, dev) if clean_dev(dev) else None
     # The untrained dev metric is computed once per build: a resumed run reads it back.
     untrained_file = work_dir / "dev_untrained.json"
     if untrained_file.is_file():
@@ -609,9 +733,21 @@ def train_reranker(
         extra["best_checkpoint_step"] = _step_of(trainer.state.best_model_checkpoint)
         extra["best_checkpoint_metric"] = trainer.state.best_metric
         extra["schedule"] = sched
+        extra["loss"] = loss_name(conf)
         extra["bf16"] = bool(trainer.args.bf16)
         model = trainer.model
-        dev_metrics = evaluate_dev(evaluator, model)
+        # The best checkpoint was evaluated during training: its dev metrics and scores are
+        # reused rather than computed again (only the candidate evaluator keeps them).
+        recalled = (
+            evaluator.recall(extra["best_checkpoint_step"])
+            if hasattr(evaluator, "recall")
+            else None
+        )
+        dev_metrics = recalled if recalled is not None else evaluate_dev(evaluator, model)
+    if dev_data is not None and evaluator is not None and hasattr(evaluator, "last_scores"):
+        if evaluator.last_scores is None:  # the untrained metrics were read back from disk
+            dev_metrics = evaluate_dev(evaluator, model)
+        extra |= finish_training(dev_data, evaluator, model, dev_metrics)
     info = _info(conf, model_id, conf.epochs, conf.negatives, dev_metrics, dev_untrained, **extra)
     save_reranker(model, out_dir, info, conf, num_train=num_train, num_dev=len(clean_dev(dev)))
     return info

@@ -104,3 +104,34 @@ def test_objective_accepts_metric_and_latency_keys_only() -> None:
     assert conf.objective == ["hybrid/reranked/hit@5", "cpu/ce/20/p50_ms"]
     with pytest.raises(ConfigError, match="objective='hit5'"):
         validate(compose_config(["objective=hit5"]))
+
+
+def test_a_miner_that_is_the_model_being_trained_is_refused_in_one_line() -> None:
+    overrides = ["base=mpnet", "mining.source=model"]
+    overrides.append("mining.model_id=sentence-transformers/all-mpnet-base-v2")
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(overrides))
+    message = str(err.value)
+    assert "\n" not in message and "is the model being trained (base=mpnet)" in message
+    assert "mining.source=retriever" in message
+    # The first stage's embedder mines for any base: it is the retriever, by design.
+    retriever = validate(compose_config(["base=minilm", "mining.source=retriever"]))
+    assert retriever.mining.source == "retriever"
+    independent = validate(compose_config(["base=minilm", "mining.source=model"]))
+    assert independent.mining.model_id.endswith("all-mpnet-base-v2")
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("rerank.fusion=mean", "rerank.fusion"),
+        ("dev.depth=0", "dev.depth"),
+        ("dev.query_types=[vector,sparse]", "dev.query_types"),
+        ("mining.random_share=1.5", "mining.random_share"),
+        ("mining.source=index", "mining.source"),
+    ],
+)
+def test_new_options_fail_in_one_line(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config([override]))
+    assert fragment in str(err.value) and "\n" not in str(err.value)

@@ -552,3 +552,247 @@ def test_static_miner_is_distilled_once(monkeypatch: pytest.MonkeyPatch, tmp_pat
     first = model.encode(["a cat and a dog"])
     assert np.allclose(first, again.encode(["a cat and a dog"]))
     assert type(model[0]).__name__ == "StaticEmbedding"
+
+
+# ---------------------------------------------------------------------------------------------
+# Python standard-library docstrings (data=pydoc)
+
+_SHEEP = '''"""Tools for counting sheep at night.
+
+The counter keeps a running total and can be reset at any time, which
+is useful when the count is lost.
+"""
+
+
+class Flock:
+    """A group of sheep in one field.
+
+    Each sheep is counted once, even if it jumps the fence twice.
+    """
+
+    def size(self):
+        """Size.
+
+        The number of sheep in the flock, counted from zero upwards.
+        """
+
+
+def count(flock, start=0):
+    """Count the sheep in a flock.
+
+    Returns   the number of sheep,
+    starting from ``start``.
+
+    >>> count([1, 2])
+    2
+    """
+
+
+def bare():
+    """Return nothing at all, ever."""
+
+
+def _shuffle(flock):
+    """Shuffle the sheep in a random order.
+
+    Private helpers are never asked about, but this body is long enough to keep.
+    """
+'''
+
+
+@pytest.fixture
+def pydoc_dir(tmp_path: Path) -> Path:
+    """Three .py files: one that does not parse, one in tests/ (never read), one to read."""
+    folder = tmp_path / "python3.99"
+    (folder / "tests").mkdir(parents=True)
+    (folder / "broken.py").write_text('def oops(:\n    """Never read.\n\n    At all."""\n')
+    (folder / "tests" / "test_sheep.py").write_text(
+        '"""Tests for the sheep counter module.\n\n'
+        'Each test counts a flock of sheep twice over."""\n'
+    )
+    (folder / "sheep.py").write_text(_SHEEP)
+    return folder
+
+
+def test_pydoc_docstrings_become_hand_checked_pairs(pydoc_dir: Path) -> None:
+    from rerank_sweeps.pydocs import read_pydocs
+
+    rows = read_pydocs(pydoc_dir, None, seed=0)
+    assert rows.pairs == [
+        (
+            "Tools for counting sheep at night.",
+            "The counter keeps a running total and can be reset at any time, which is useful "
+            "when the count is lost.",
+        ),
+        (
+            "A group of sheep in one field.",
+            "Each sheep is counted once, even if it jumps the fence twice.",
+        ),
+        (
+            "Count the sheep in a flock.",
+            "Returns the number of sheep, starting from ``start``. >>> count([1, 2]) 2",
+        ),
+    ]
+    # A body under a too-short summary or a private name stays as a distractor answer.
+    assert rows.extra_answers == [
+        "The number of sheep in the flock, counted from zero upwards.",
+        "Private helpers are never asked about, but this body is long enough to keep.",
+    ]
+    assert rows.skipped == Counter(
+        {
+            "file does not parse": 1,
+            "summary under 4 words (body kept as distractor)": 1,
+            "no body after the summary": 1,
+            "private name (body kept as distractor)": 1,
+        }
+    )
+    assert rows.rows_read == 7 == len(rows.pairs) + sum(rows.skipped.values())
+    # max_rows: a seeded sample of rows, in file order, the same for the same seed.
+    sample = read_pydocs(pydoc_dir, 4, seed=5)
+    assert sample.rows_read == 4
+    assert sample == read_pydocs(pydoc_dir, 4, seed=5)
+    assert set(sample.pairs) <= set(rows.pairs)
+    assert sample.pairs == [p for p in rows.pairs if p in sample.pairs]
+
+
+def test_pydoc_answers_are_cut_at_a_word_boundary() -> None:
+    from rerank_sweeps.pydocs import MAX_ANSWER_CHARS, docstring_pair
+
+    body = " ".join(f"word{i}" for i in range(400))  # 2689 characters
+    question, answer, reason = docstring_pair(f"A summary of four words.\n\n{body}\n")
+    assert (question, reason) == ("A summary of four words.", None)
+    assert 990 < len(answer) <= MAX_ANSWER_CHARS
+    assert body.startswith(answer) and body[len(answer)] == " "
+
+
+def test_real_stdlib_docstrings_compose_and_split(tmp_path: Path) -> None:
+    cfg = compose_config(
+        ["data=pydoc", "data.num_train=50", "data.num_dev=10", "data.num_eval=20",
+         "data.corpus_size=400", f"paths.root={tmp_path}", "logger=none"]
+    )  # fmt: skip
+    conf = validate(cfg)
+    assert conf.data.source == "pydoc" and conf.data.path is None
+    source = data.load_source(conf.data, conf.seed)
+    assert len(source.pairs) > 1000 and source.skipped["private name"] > 0
+    split, stats = data.make_split(source, conf.data, conf.seed)
+    assert (len(split.train), len(split.dev), len(split.eval), len(split.corpus)) == (
+        50, 10, 20, 400
+    )  # fmt: skip
+    assert stats["shrunk"] is False
+    eval_questions = {normalize(q.question) for q in split.eval}
+    assert not eval_questions & {normalize(r.question) for r in split.train + split.dev}
+    corpus_ids = {d.id for d in split.corpus}
+    assert all(q.relevant and set(q.relevant) <= corpus_ids for q in split.eval)
+    fingerprint = data.source_fingerprint(conf.data)
+    assert fingerprint["version"].startswith("python3") and fingerprint["py_files"] > 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Mining from the retriever (mining.source=retriever)
+
+
+def _retriever_conf(**mining):
+    mining.setdefault("legs", ["vector"])
+    conf = validate(compose_config(["experiment=tiny", "mining.source=retriever"]))
+    return replace(conf, mining=replace(conf.mining, **mining))
+
+
+def _unit(x: float, y: float) -> np.ndarray:
+    v = np.array([x, y], dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+# q1's similarities: a2 1.0 (above its positive a1 at 0.6), distractor d1 0.9, a3 0.8, a4 0.0.
+_POOL_VECTORS = {
+    "q1": _unit(1, 0),
+    "a1": _unit(0.6, 0.8),
+    "a2": _unit(1, 0),
+    "a3": _unit(0.8, 0.6),
+    "a4": _unit(0, 1),
+    "d1": _unit(0.9, np.sqrt(1 - 0.81)),
+}
+_RETRIEVER_ROWS = [QAPair("t0", "q1", "a1", data.answer_key("a1"))] + [
+    QAPair(f"t{i}", f"other {i}", f"a{i}", data.answer_key(f"a{i}")) for i in (2, 3, 4)
+]
+_DISTRACTOR = [QAPair("xd1", "", "d1", data.answer_key("d1"))]
+
+
+@pytest.mark.parametrize(
+    ("settings", "negatives", "minimum", "expected"),
+    [
+        ({"margin": None}, 2, 2, ["a2", "d1"]),  # the retriever's mistakes first
+        ({"margin": None, "range_min": 1}, 2, 2, ["d1", "a3"]),  # the top one skipped
+        ({"margin": 0.0}, 1, 1, ["a4"]),  # margin 0: only negatives below the positive
+        ({"margin": 0.0}, 2, 2, None),  # too few below the positive: row dropped
+    ],
+)
+def test_retriever_mining_by_hand(settings, negatives, minimum, expected) -> None:
+    conf = _retriever_conf(**settings)
+    mined = data.mine_from_retriever(
+        conf,
+        _RETRIEVER_ROWS[:1],
+        _RETRIEVER_ROWS + _DISTRACTOR,
+        _POOL_VECTORS,
+        negatives,
+        seed=13,
+        min_negatives=minimum,
+    )
+    if expected is None:
+        assert mined.tuples == [] and mined.stats["dropped_too_few_negatives"] == 1
+        return
+    assert [t.negatives for t in mined.tuples] == [expected]
+    assert mined.positive_scores == pytest.approx([0.6])
+    assert mined.stats["candidates_removed_same_relevance_set"] == 1  # a1, the positive
+    above = sum(1 for n in expected if n in ("a2", "d1", "a3"))
+    assert mined.stats["negatives_above_positive"] == above
+
+
+def test_retriever_mining_mixes_random_negatives_from_the_pool() -> None:
+    conf = _retriever_conf(margin=None, random_share=1.0)
+    mined = data.mine_from_retriever(
+        conf, _RETRIEVER_ROWS[:1], _RETRIEVER_ROWS + _DISTRACTOR, _POOL_VECTORS, 2, seed=13
+    )
+    (row,) = mined.tuples
+    assert len(set(row.negatives)) == 2 and "a1" not in row.negatives
+    assert all(np.isnan(s) for s in mined.negative_scores[0])  # the miner did not pick them
+
+
+def test_retriever_mining_never_draws_an_eval_answer(tmp_path) -> None:
+    """The pool is the training answers plus the distractors: no eval answer, no dev answer."""
+    cfg = compose_config(["experiment=tiny", "mining.source=retriever", f"paths.root={tmp_path}"])
+    conf = validate(cfg)
+    cache = Cache(conf.paths.cache)
+    split_art = data.split_stage(conf, cache)
+    split = data.load_split(split_art)
+    pool = data.distractor_rows(split)
+    eval_ids = {d for q in split.eval for d in q.relevant}
+    eval_texts = {d.text for d in split.corpus if d.id in eval_ids}
+    assert pool and not eval_texts & {r.answer for r in pool}
+    assert len(pool) == len(split.corpus) - len(eval_ids)
+
+
+def test_retriever_mining_takes_turns_between_the_vector_and_bm25_legs(tmp_path) -> None:
+    """BM25 ranks the gloss sharing the question's words first (a4: "river bank"); the vector
+    leg's first pick is a2. With both legs the negatives alternate: a2 (vector), a4 (BM25)."""
+    texts = {"a1": "land beside water", "a2": "money", "a3": "a place", "a4": "river bank"}
+    vectors = {texts[k]: v for k, v in _POOL_VECTORS.items() if k in texts}
+    vectors["what is a river bank"] = _POOL_VECTORS["q1"]
+    rows = [QAPair("t0", "what is a river bank", texts["a1"], data.answer_key(texts["a1"]))]
+    pool = rows + [
+        QAPair(f"t{k}", f"other {k}", t, data.answer_key(t)) for k, t in texts.items() if k != "a1"
+    ]
+    both = data.mine_from_retriever(
+        _retriever_conf(margin=None, legs=["vector", "fts"]),
+        rows,
+        pool,
+        vectors,
+        2,
+        13,
+        2,
+        tmp_path,
+    )
+    assert both.tuples[0].negatives == ["money", "river bank"]
+    vector_only = data.mine_from_retriever(
+        _retriever_conf(margin=None), rows, pool, vectors, 2, 13, 2, tmp_path
+    )
+    assert vector_only.tuples[0].negatives == ["money", "a place"]

@@ -238,3 +238,53 @@ def test_the_readme_keeps_the_strongest_comparison_each_way():
     assert finding.verdict.startswith("mixed")
     short = publish.Finding("c", "b", ["a", "b"], [_paired(0.1, 0.5), _paired(0.2, 0.5)], 1)
     assert short.strongest() == ["a", "b"]
+
+
+def test_page_marks_a_failed_dev_gate_and_lists_fused_rows(tmp_path):
+    root = tmp_path / "sweep"
+    gated = _run(root, 0, 1, {"q1", "q2"})
+    _run(root, 1, 2, set(QIDS))  # an old record: no dev gate, no fused metrics
+    gated["dev_gate"] = {
+        "passed": False,
+        "metric": "dev ndcg@10, mean over query types",
+        "reranked": 0.4123,
+        "first_stage": 0.4551,
+        "per_type": {},
+    }
+    gated["fusion"] = {"convex": {qt: {"weight": 0.3, "dev": 0.5} for qt in publish.QUERY_TYPES}}
+    gated["config"]["rerank"] = {"fusion": "convex"}
+    for qt, value in (("vector", 0.75), ("fts", 0.5), ("hybrid", 1.0)):
+        gated["metrics"][f"{qt}/fused/hit@5"] = value
+    Path(gated["run_dir"], "record.json").write_text(json.dumps(gated))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(BLOG, docs / "blog_numbers.md")
+    page_path = docs / "results.md"
+    assert main([str(root), "--out", str(tmp_path / "rep"), "--publish", str(page_path)]) == 0
+    page = page_path.read_text()
+    blog_table = page.split("## Hit rate beside the blog")[1].split("## Our tables")[0]
+    assert "| ce-minilm-1neg-1ep† | 50.0 | 50.0 | 50.0 | `cross-encoder_minilm" in blog_table
+    assert "| ce-minilm-1neg-1ep fused | 75.0 | 50.0 | 100.0 | – | – | – | – |" in blog_table
+    assert "| ce-minilm-2neg-1ep | 100.0 | 100.0 | 100.0 | – |" in blog_table
+    assert "ce-minilm-2neg-1ep fused" not in page
+    assert (
+        "† dev gate FAILED (ce-minilm-1neg-1ep: dev nDCG@10 0.412 <= first stage 0.455): "
+        "the trained reranker did not beat the first stage on dev questions" in blog_table
+    )
+    ours = page.split("## Our tables with intervals")[1].split("## Latency")[0]
+    assert "| ce-minilm-1neg-1ep† | 50.0 | 50.0 | 50.0 |" in ours
+    assert "| ce-minilm-1neg-1ep fused | 75.0 | 50.0 | **100.0** |" in ours
+    jobs = page.split("## Jobs")[1].split("## Configuration")[0]
+    assert "| negatives=1 | completed | 0.5000 | FAILED (dev nDCG@10 0.412 <= first stage" in jobs
+    assert "| negatives=2 | completed | 1.0000 | – |" in jobs
+    assert "should not be deployed as is" in jobs
+    # the findings still compare the trained rerankers (reranked rows) only
+    assert "fused" not in page.split("## Findings of the blog, checked")[1].split("## Where")[0]
+
+
+def test_page_of_old_records_has_no_gate_marks(tmp_path):
+    root = tmp_path / "sweep"
+    _run(root, 0, 1, {"q1", "q2"})
+    page = publish.build_page(root, tmp_path / "docs" / "results.md", blog_path=BLOG)
+    assert "†" not in page and "fused" not in page and "FAILED" not in page
+    assert "| negatives=1 | completed | 0.5000 | – |" in page

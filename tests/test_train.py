@@ -245,7 +245,7 @@ def test_bf16_setting():
 def test_cache_key_holds_only_what_training_reads(tmp_path, monkeypatch):
     calls = []
 
-    def fake_train(conf, train_rows, dev_rows, out_dir, work_dir):
+    def fake_train(conf, train_rows, dev_rows, out_dir, work_dir, dev_data=None):
         calls.append((conf.arch.name, conf.negatives))
         (out_dir / "reranker.json").write_text("{}")
 
@@ -464,3 +464,220 @@ def test_resume_after_sigkill_continues_from_the_checkpoint(tmp_path):
     assert info["resumed_from_step"] == saved[-1] >= 1  # continued, did not start over
     assert info["steps"] == 16
     assert not list(tmp_path.glob("cache/model/*.work")), "the work dir outlived the build"
+
+
+# ----------------------------------------------------------------------------- checkpoints by time
+
+
+def test_checkpoint_by_time_saves_only_after_the_interval(tmp_path):
+    from transformers import TrainerControl
+
+    from rerank_sweeps.config import ConfigError
+
+    now = [1000.0]
+    callback = train.checkpoint_by_time_callback(0.5, clock=lambda: now[0])  # 30 s
+    control = TrainerControl()
+    now[0] += 500  # building the trainer and loading a checkpoint do not count
+    callback.on_train_begin(None, None, control)
+    now[0] += 29.9
+    assert not callback.on_step_end(None, None, control).should_save
+    now[0] += 0.1
+    assert callback.on_step_end(None, None, control).should_save
+    control.should_save = False  # what the trainer's callback handler does after the save
+    callback.on_save(None, None, control)  # the clock restarts at every save, by time or eval
+    now[0] += 29
+    assert not callback.on_step_end(None, None, control).should_save
+    now[0] += 1
+    assert callback.on_step_end(None, None, control).should_save
+    assert train.checkpoint_by_time_callback(None) is None
+
+    # On by default, in both trainers, with or without a dev evaluator; never in the cache key.
+    conf = toy_conf(tmp_path, "ce", "tiny_bert")
+    assert conf.arch.checkpoint_minutes == 10
+    kinds = [type(c).__name__ for c in train.trainer_callbacks(conf, None)]
+    assert kinds == ["CheckpointByTime"]
+    assert "CheckpointByTime" in [type(c).__name__ for c in train.trainer_callbacks(conf, object())]
+    for arch in ("ce", "colbert"):
+        fast = toy_conf(tmp_path, arch, "tiny_bert", "arch.checkpoint_minutes=0.5")
+        never = toy_conf(tmp_path, arch, "tiny_bert", "arch.checkpoint_minutes=null")
+        assert "checkpoint_minutes" not in train.arch_key(fast)
+        assert train.arch_key(fast) == train.arch_key(never)
+        assert train.trainer_callbacks(never, None) == []
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="arch.checkpoint_minutes"):
+            toy_conf(tmp_path, "ce", "tiny_bert", f"arch.checkpoint_minutes={bad}")
+
+
+def test_killed_run_loses_minutes_not_an_epoch(tmp_path):
+    neg = write_negatives(tmp_path / "neg", *toy_tuples())
+    # 128 pairs, batch 2: 64 steps an epoch, 2 epochs, one dev evaluation (and eval checkpoint)
+    # per epoch at steps 64 and 128; checkpoints by time every 0.12 s in between.
+    overrides = ["epochs=2", "arch.batch_size=2", "arch.evals_per_epoch=1"]
+    first_eval = 64
+    script = _RESUME_SCRIPT.format(
+        repo=str(REPO),
+        neg=str(neg.path),
+        key=neg.key,
+        root=str(tmp_path),
+        overrides=[*overrides, "arch.checkpoint_minutes=0.002"],
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log_file = tmp_path / "child.log"
+    with log_file.open("wb") as log_out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_out,
+        )
+    pattern = "cache/model/*.work/trainer/checkpoint-*/trainer_state.json"
+    deadline = time.monotonic() + 120
+    try:
+        while not list(tmp_path.glob(pattern)):
+            assert proc.poll() is None, (
+                "training ended before its first checkpoint:\n" + log_file.read_text()[-3000:]
+            )
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.01)
+        assert proc.poll() is None, "training ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    (trainer_dir,) = tmp_path.glob("cache/model/*.work/trainer")
+    checkpoint = train.last_complete_checkpoint(trainer_dir)
+    assert checkpoint is not None
+    step = int(checkpoint.name.split("-")[1])
+    assert 1 <= step < first_eval, f"checkpoint-{step} is not a checkpoint by time"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["global_step"] == step and state["best_metric"] is None
+    assert not [e for e in state["log_history"] if train.DEV_METRIC in e]  # saved without an eval
+
+    # The rerun (in-process, another checkpoint_minutes: not in the cache key) finds the same
+    # work dir, continues from that step and keeps checkpointing by time across the evaluation.
+    conf = toy_conf(tmp_path, "ce", "tiny_bert", *overrides, "arch.checkpoint_minutes=0.004")
+    info = reranker_json(train.model_stage(conf, Cache(conf.paths.cache), neg, neg))
+    assert info["resumed_from_step"] == step
+    assert info["steps"] == 2 * first_eval
+    assert info["schedule"]["interval"] == first_eval
+    # The best model is still picked among the dev evaluations, and it is what was saved.
+    assert info["best_checkpoint_step"] in (first_eval, 2 * first_eval)
+    assert info["dev"]["ndcg@10"] == pytest.approx(info["best_checkpoint_metric"], abs=1e-6)
+    assert not list(tmp_path.glob("cache/model/*.work")), "the work dir outlived the build"
+
+
+# ----------------------------------------------------------------------------- arch.loss
+
+_CE_LOSSES = {
+    "bce": "BinaryCrossEntropyLoss",
+    "lambda": "LambdaLoss",
+    "listnet": "ListNetLoss",
+    "cmnrl": "CachedMultipleNegativesRankingLoss",
+}
+
+
+@pytest.mark.parametrize("loss", list(_CE_LOSSES))
+def test_each_cross_encoder_loss_trains_and_the_saved_model_reloads(tmp_path, loss):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from rerank_sweeps.rerankers import CrossEncoderReranker
+
+    conf = toy_conf(
+        tmp_path,
+        "ce",
+        "tiny_bert",
+        f"arch.loss={loss}",
+        "arch.max_steps=3",
+        "arch.bf16=false",
+        "arch.checkpoint_minutes=null",
+    )
+    model, _ = train.load_start_model(conf)
+    train_rows, _ = toy_tuples()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer, sched, num_train = train.build_trainer(conf, model, train_rows, None, tmp_path / "out")
+    assert type(trainer.loss).__name__ == _CE_LOSSES[loss]
+    first = trainer.train_dataset[0]
+    if loss == "bce":  # one row per (question, text): batch_size counts pairs
+        assert num_train == 4 * len(train_rows) and sched["steps_per_epoch"] == 16
+        assert float(trainer.loss.pos_weight) == 3.0  # null pos_weight = the negatives
+    else:  # one row per question with all its texts: batch_size counts questions
+        assert num_train == len(train_rows) and sched["steps_per_epoch"] == 4
+    t = train_rows[0]
+    if loss in ("lambda", "listnet"):
+        assert first == {
+            "query": t.question,
+            "docs": [t.positive, *t.negatives],
+            "labels": [1, 0, 0, 0],
+        }
+        assert all(row["labels"] == [1, 0, 0, 0] for row in trainer.train_dataset)
+    if loss == "cmnrl":
+        assert list(first) == ["query", "positive", "negative_1", "negative_2", "negative_3"]
+        assert list(first.values()) == [t.question, t.positive, *t.negatives]
+    trainer.train()
+    assert trainer.state.global_step == 3
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "training changed nothing"
+
+    model_dir = tmp_path / "model"
+    trainer.model.save(str(model_dir))
+    reloaded = CrossEncoder(str(model_dir))
+    pairs = [(t.question, d) for d in [t.positive, *t.negatives]]
+    scores = np.asarray(reloaded.predict(pairs, show_progress_bar=False))
+    assert scores.shape == (4,) and np.isfinite(scores).all()
+    # Listwise losses train unbounded logits: the saved model scores with them (Identity),
+    # the others keep the Sigmoid their losses assume. Our reranker reads the raw logits.
+    listwise = loss in ("lambda", "listnet")
+    assert type(reloaded.activation_fn).__name__ == ("Identity" if listwise else "Sigmoid")
+    ours = CrossEncoderReranker(model_dir, device="cpu", bf16=False).score_texts(
+        t.question, [d for _, d in pairs]
+    )
+    raw = scores if listwise else np.log(scores / (1 - scores))
+    np.testing.assert_allclose(ours, raw, rtol=1e-4, atol=1e-4)
+
+
+def test_loss_is_in_the_cache_key_and_defaults_per_arch(tmp_path):
+    def key(arch: str, *overrides: str) -> dict:
+        return train.arch_key(toy_conf(tmp_path, arch, "tiny_bert", *overrides))
+
+    assert key("ce")["loss"] == "bce" and key("colbert")["loss"] == "contrastive"
+    # No loss key (or null): the architecture's default, the same model as naming it.
+    for arch in ("ce", "colbert"):
+        assert toy_conf(tmp_path, arch, "tiny_bert", "~arch.loss").arch.loss is None
+        assert key(arch, "~arch.loss") == key(arch) == key(arch, "arch.loss=null")
+    assert key("ce", "arch.loss=lambda") != key("ce") != key("ce", "arch.loss=cmnrl")
+    # pos_weight is read by BinaryCrossEntropyLoss only.
+    assert key("ce", "arch.pos_weight=2") != key("ce")
+    assert key("ce", "arch.loss=lambda", "arch.pos_weight=2") == key("ce", "arch.loss=lambda")
+    assert key("colbert", "++arch.pos_weight=2") == key("colbert")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["arch.loss=nope"],
+            "arch.loss='nope' is not allowed: for arch=ce choose one of bce, lambda, listnet, cmnrl",
+        ),
+        (
+            ["arch=colbert", "arch.loss=lambda"],
+            "arch.loss='lambda' is not allowed: for arch=colbert choose one of contrastive",
+        ),
+        (
+            ["arch=ce", "arch.loss=contrastive"],
+            "arch.loss='contrastive' is not allowed: for arch=ce choose one of bce, lambda, "
+            "listnet, cmnrl",
+        ),
+    ],
+    ids=["unknown", "ce-loss-for-colbert", "colbert-loss-for-ce"],
+)
+def test_a_loss_the_arch_does_not_have_is_a_one_line_error(overrides, expected):
+    from rerank_sweeps.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(["experiment=tiny", *overrides]))
+    assert str(err.value) == expected
