@@ -96,8 +96,8 @@ class MiningConfig:
     random_share: float = 0.0  # share of negatives drawn at random instead of by similarity
     legs: list[str] = field(default_factory=lambda: ["vector", "fts"])  # source=retriever
     range_min: int = 0  # skip this many top-ranked answers (likely unlabelled positives)
-    range_max: int = 200  # look no deeper than this rank
-    margin: float | None = 0.0  # null: no margin, negatives may outscore the positive
+    range_max: int = 100  # look no deeper than this rank
+    margin: float | None = None  # None: no margin, negatives may outscore the positive
     margin_type: str = "relative"  # relative | absolute
     sampling_strategy: str = "top"  # top | random
     batch_size: int = 64
@@ -260,7 +260,7 @@ class DevConfig:
     """
 
     query_types: list[str] = field(default_factory=lambda: ["vector", "fts", "hybrid"])
-    depth: int = 40  # candidates per leg (hybrid reranks their union)
+    depth: int = 20  # candidates per leg (hybrid reranks their union)
     gate: bool = True  # warn (console, record, report) when training does not beat the first stage
 
     def __post_init__(self) -> None:

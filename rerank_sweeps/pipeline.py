@@ -231,7 +231,7 @@ def _dev_fields(model_art: Artifact | None) -> dict[str, Any]:
     if model_art is None:
         return {}
     meta = read_reranker_meta(model_art.path)
-    keys = ("dev_gate", "dev", "dev_first_stage", "fusion", "dev_protocol")
+    keys = ("dev_gate", "dev", "dev_first_stage", "fusion", "dev_protocol", "dev_history")
     return {key: meta[key] for key in keys if key in meta}
 
 

@@ -514,28 +514,46 @@ def test_too_few_answers_for_the_rank_window_is_a_user_error(minilm) -> None:
 @pytest.mark.skipif(
     not (data.WORDNET_DEFAULT / "data.noun").is_file(), reason="needs wordnet-base (make setup)"
 )
-def test_negatives_stage_writes_train_and_dev_tuples(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["model", "retriever"])
+def test_negatives_stage_writes_train_and_dev_tuples(tmp_path: Path, source: str) -> None:
     cfg = compose_config(
-        ["experiment=tiny", f"paths.root={tmp_path}", "negatives=2", "mining.dev_negatives=4"]
+        [
+            "experiment=tiny",
+            f"paths.root={tmp_path}",
+            "negatives=2",
+            "mining.dev_negatives=4",
+            f"mining.source={source}",
+        ]
     )
     conf = validate(cfg)
     cache = Cache(conf.paths.cache)
     split_art = data.split_stage(conf, cache)
-    art = data.negatives_stage(conf, cache, split_art)
+    index_art = None
+    if source == "retriever":
+        from rerank_sweeps.index import index_stage
+
+        index_art = index_stage(conf, cache, split_art)
+    art = data.negatives_stage(conf, cache, split_art, index_art)
     split, negs = data.load_split(split_art), data.load_negatives(art)
     train_answers = {normalize(r.answer) for r in split.train}
+    # The retriever also draws from the corpus's distractors (never from its eval answers).
+    eval_ids = {d for q in split.eval for d in q.relevant}
+    eval_texts = {normalize(d.text) for d in split.corpus if d.id in eval_ids}
+    distractors = {normalize(d.text) for d in split.corpus if d.id not in eval_ids}
+    pool = train_answers | (distractors if source == "retriever" else set())
     dev_and_train = train_answers | {normalize(r.answer) for r in split.dev}
-    corpus_texts = {normalize(d.text) for d in split.corpus}
     assert negs.train and all(len(t.negatives) == 2 for t in negs.train)
-    assert all({normalize(n) for n in t.negatives} <= train_answers for t in negs.train)
+    assert all({normalize(n) for n in t.negatives} <= pool for t in negs.train)
+    if source == "retriever":
+        assert any({normalize(n) for n in t.negatives} & distractors for t in negs.train)
     assert negs.dev and all(2 <= len(t.negatives) <= 4 for t in negs.dev)
     assert all({normalize(n) for n in t.negatives} <= dev_and_train for t in negs.dev)
     for tup in negs.train + negs.dev:  # eval answers never reach training, in any role
-        assert not {normalize(n) for n in tup.negatives} & corpus_texts
+        assert not {normalize(n) for n in tup.negatives} & eval_texts
     stats = json.loads((art.path / "stats.json").read_text())
-    assert stats["train"]["kept"] == len(negs.train)
+    assert stats["train"]["kept"] == len(negs.train) and stats["source"] == source
     # The negatives key holds mining settings, not evaluation ones.
-    again = data.negatives_stage(replace(conf, top_k=[3]), cache, split_art)
+    again = data.negatives_stage(replace(conf, top_k=[3]), cache, split_art, index_art)
     assert again.hit and again.key == art.key
 
 
