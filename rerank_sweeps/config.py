@@ -227,6 +227,7 @@ class QueryTypeConfig:
 
     name: str = "all"
     types: list[str] = field(default_factory=lambda: ["vector", "fts", "hybrid"])
+    primary: str = "hybrid"  # the query type the default objective reads
 
     def __post_init__(self) -> None:
         _check(bool(self.types), "query_type.types", self.types, "a non-empty list")
@@ -362,7 +363,15 @@ class RunConfig:
     init: str = "scratch"  # scratch (from the base LM) | pretrained (a pretrained reranker)
     top_k: list[int] = field(default_factory=lambda: [5, 10])
     overfetch: int = 4  # each leg retrieves overfetch * k candidates
-    objective: list[str] = field(default_factory=lambda: ["hybrid/reranked/hit@5"])
+    # [] = the primary query type's reranked hit at the smallest k (hybrid/reranked/hit@5)
+    objective: list[str] = field(default_factory=list)
+
+    def _objective_problem(self, name: str) -> str | None:
+        """Why an objective key names nothing this run measures: checked before any job
+        starts, so a typo never runs to the end and reports NaN."""
+        if name.count("/") == 2:
+            return _objective_metric_problem(self, name)
+        return _objective_latency_problem(self, name)
 
     def __post_init__(self) -> None:
         _check(self.negatives >= 1, "negatives", self.negatives, "an integer >= 1")
@@ -372,6 +381,10 @@ class RunConfig:
         for k in self.top_k:
             _check(k >= 1, "top_k", k, "an integer >= 1 or a list of them")
         _check(self.overfetch >= 1, "overfetch", self.overfetch, "an integer >= 1")
+        if not self.objective:
+            types = self.query_type.types
+            qt = self.query_type.primary if self.query_type.primary in types else types[0]
+            self.objective = [f"{qt}/reranked/hit@{min(self.top_k)}"]
         if self.arch.loss is not None:
             losses = ARCH_LOSSES[self.arch.name]
             _check(
@@ -388,6 +401,10 @@ class RunConfig:
                 name,
                 'a metric key like "hybrid/reranked/hit@5" or a latency key like "cpu/ce/20/p50_ms"',
             )
+        for name in self.objective:
+            problem = self._objective_problem(name)
+            if problem:
+                raise ConfigError(f"objective={name!r} is not allowed: {problem}")
         if self.mining.source == "model" and _same_model(self.mining.model_id, self.base.model_id):
             raise ConfigError(
                 f"mining.model_id={self.mining.model_id!r} is the model being trained "
@@ -404,6 +421,52 @@ class RunConfig:
                 self.init,
                 f"base={self.base.name} names no pretrained {self.arch.name} reranker",
             )
+
+
+_LATENCY_STATS = tuple(
+    f"{part}{stat}_ms"
+    for part in ("", "retrieval_", "rerank_")
+    for stat in ("p50", "p95", "p99", "mean")
+) + ("speedup",)
+
+
+def _objective_metric_problem(conf: RunConfig, name: str) -> str | None:
+    """Why `qt/system/metric@k` names nothing this run measures (None: it does)."""
+    qt, system, metric_at_k = name.split("/")
+    metric, _, k = metric_at_k.partition("@")
+    systems = ["baseline", "reranked", "ceiling"]
+    if conf.eval.untrained and conf.epochs > 0:
+        systems.append("untrained")
+    if conf.rerank.fusion != "none":
+        systems.append("fused")
+    if qt not in conf.query_type.types:
+        return f"query type {qt!r} is not evaluated (query_type.types={conf.query_type.types})"
+    if system not in systems:
+        return f"system {system!r} is not evaluated: choose one of {', '.join(systems)}"
+    if metric not in ("hit", "mrr", "ndcg"):
+        return f"metric {metric!r} is not one of hit, mrr, ndcg"
+    if not k.isdigit() or int(k) not in conf.top_k:
+        return f"k={k or '(none)'} is not in top_k={conf.top_k}"
+    return None
+
+
+def _objective_latency_problem(conf: RunConfig, name: str) -> str | None:
+    """Why `device/system/N/stat` names nothing the latency stage measures (None: it does)."""
+    device, system, n, stat = name.split("/")
+    systems = ["none", conf.arch.name] + [
+        f"{conf.arch.name}+{o}" for o in conf.latency.optimizations if o != "fp32"
+    ]
+    if not conf.latency.enabled:
+        return "a latency key, but latency.enabled=false"
+    if device not in conf.latency.devices:
+        return f"device {device!r} is not in latency.devices={conf.latency.devices}"
+    if system not in systems:
+        return f"latency system {system!r} is not measured: choose one of {', '.join(systems)}"
+    if not n.isdigit() or int(n) not in conf.latency.candidates:
+        return f"{n} candidates are not in latency.candidates={conf.latency.candidates}"
+    if stat not in _LATENCY_STATS:
+        return f"statistic {stat!r} is not one of {', '.join(_LATENCY_STATS)}"
+    return None
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -278,21 +278,23 @@ def candidate_ids(item: EvalItem, query_type: str, depth: int) -> list[str]:
 
 
 def rrf_order(vector: dict[str, list], fts: dict[str, list], k: int = RRF_K) -> list[str]:
-    """Hybrid baseline: LanceDB's RRFReranker order (float32 RRF score, ties by row id).
+    """Hybrid baseline: LanceDB's `RRFReranker` order exactly, ties included.
 
-    Mirrors `lancedb.rerankers.RRFReranker.rerank_hybrid`: scores summed vector leg first,
-    rows de-duplicated in ascending row-id order, then a stable descending sort.
+    Mirrors `lancedb.rerankers.RRFReranker.rerank_hybrid` (0.40): float32 RRF scores summed
+    over the legs, rows in merge order (the vector leg's, then FTS rows not seen yet, as
+    `Reranker.merge_results` keeps the first occurrence of each row id), then a stable
+    descending sort, so a tie keeps the merge order.
     """
     score: dict[int, float] = {}
     ident: dict[int, str] = {}
     for leg in (vector, fts):
         for rank, (rowid, doc) in enumerate(zip(leg["rowids"], leg["ids"], strict=True), 1):
             score[rowid] = score.get(rowid, 0.0) + 1 / (rank + k)
-            ident[rowid] = doc
-    rowids = sorted(score)
-    values = np.array([score[r] for r in rowids], dtype=np.float32)
+            ident.setdefault(rowid, doc)
+    merged = list(dict.fromkeys([*vector["rowids"], *fts["rowids"]]))
+    values = np.array([score[r] for r in merged], dtype=np.float32)
     order = np.argsort(-values, kind="stable")
-    return [ident[rowids[i]] for i in order]
+    return [ident[merged[i]] for i in order]
 
 
 def baseline_ranking(item: EvalItem, query_type: str, depth: int) -> list[str]:

@@ -100,10 +100,32 @@ def test_bad_input_exits_nonzero_with_one_line(
 
 
 def test_objective_accepts_metric_and_latency_keys_only() -> None:
-    conf = validate(compose_config(["objective=[hybrid/reranked/hit@5,cpu/ce/20/p50_ms]"]))
+    keys = "objective=[hybrid/reranked/hit@5,cpu/ce/20/p50_ms]"
+    conf = validate(compose_config([keys, "arch=ce"]))
     assert conf.objective == ["hybrid/reranked/hit@5", "cpu/ce/20/p50_ms"]
     with pytest.raises(ConfigError, match="objective='hit5'"):
         validate(compose_config(["objective=hit5"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["objective=[hybrid/reranked/hit@50]", "top_k=[5,10]"], "k=50 is not in top_k=[5, 10]"),
+        (["objective=[hybrid/rerankd/hit@5]"], "system 'rerankd' is not evaluated"),
+        (["objective=[fts/reranked/hit@5]", "query_type=vector"], "query type 'fts'"),
+        (["objective=[hybrid/fused/hit@5]", "rerank.fusion=none"], "system 'fused'"),
+        (["objective=[hybrid/untrained/hit@5]", "epochs=0"], "system 'untrained'"),
+        (["objective=[hybrid/reranked/map@5]"], "metric 'map'"),
+        (["objective=[cpu/ce/20/p50_ms]", "arch=colbert"], "latency system 'ce'"),
+        (["objective=[cpu/colbert/30/p50_ms]", "arch=colbert"], "30 candidates"),
+        (["objective=[cpu/colbert/20/p50_ms]", "latency.enabled=false"], "latency.enabled"),
+        (["objective=[cpu/colbert/20/p42_ms]", "arch=colbert"], "statistic 'p42_ms'"),
+    ],
+)
+def test_an_objective_that_names_nothing_measured_fails_before_any_job(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(overrides))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_miner_that_is_the_model_being_trained_is_refused_in_one_line() -> None:

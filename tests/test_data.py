@@ -392,7 +392,7 @@ def test_a_changed_local_file_misses_the_split_cache(tmp_path: Path) -> None:
     assert changed.key != first.key and not changed.hit
     assert json.loads((changed.path / "stats.json").read_text())["skipped"] == {"empty field": 1}
     # Settings that the split does not read never change its key.
-    other = replace(conf, top_k=[1], data=replace(conf.data, hub_id="someone/else"))
+    other = replace(conf, top_k=[1], objective=[], data=replace(conf.data, hub_id="someone/else"))
     assert data.split_stage(other, cache).key == changed.key
     loaded = data.load_split(changed)
     assert len(loaded.eval) >= 1 and loaded.train[0].answer_key == data.answer_key(
@@ -553,7 +553,9 @@ def test_negatives_stage_writes_train_and_dev_tuples(tmp_path: Path, source: str
     stats = json.loads((art.path / "stats.json").read_text())
     assert stats["train"]["kept"] == len(negs.train) and stats["source"] == source
     # The negatives key holds mining settings, not evaluation ones.
-    again = data.negatives_stage(replace(conf, top_k=[3]), cache, split_art, index_art)
+    again = data.negatives_stage(
+        replace(conf, top_k=[3], objective=[]), cache, split_art, index_art
+    )
     assert again.hit and again.key == art.key
 
 

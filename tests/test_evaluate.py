@@ -575,3 +575,44 @@ def test_colbert_reranker_scores_match_pylate_maxsim(tmp_path):
     out = ours.rerank_hybrid(query, vec, fts)
     assert out["id"].to_pylist() == [f"c{i}" for i in np.argsort(-np.asarray(got), kind="stable")]
     assert "_distance" not in out.column_names and "_score" not in out.column_names
+
+
+def test_hybrid_baseline_is_lancedb_rrf_order_ties_included():
+    """Ties between a vector-only and an FTS-only row keep LanceDB's merge order (vector leg
+    first), not row-id order: a (row 10) and c (row 1) tie at 1/61, b and d at 1/62."""
+    import pyarrow as pa
+    from lancedb.rerankers import RRFReranker
+
+    rng = np.random.default_rng(7)
+    cases = [
+        ({"ids": ["a", "b"], "rowids": [10, 11]}, {"ids": ["c", "d"], "rowids": [1, 2]}),
+        (
+            {"ids": ["a", "b", "c"], "rowids": [5, 3, 9]},
+            {"ids": ["c", "e", "a"], "rowids": [9, 1, 5]},
+        ),
+    ]
+    for _ in range(30):  # random legs over few rows: ties and overlaps are common
+        rows = rng.permutation(12)[: rng.integers(1, 8)]
+        other = rng.permutation(12)[: rng.integers(1, 8)]
+        cases.append(
+            (
+                {"ids": [f"d{r}" for r in rows], "rowids": [int(r) for r in rows]},
+                {"ids": [f"d{r}" for r in other], "rowids": [int(r) for r in other]},
+            )
+        )
+    for vector, fts in cases:
+        tables = []
+        for leg, col in ((vector, "_distance"), (fts, "_score")):
+            n = len(leg["ids"])
+            tables.append(
+                pa.table(
+                    {
+                        "id": pa.array(leg["ids"], type=pa.string()),
+                        col: pa.array(np.linspace(0.1, 0.9, n), type=pa.float32()),
+                        "_rowid": pa.array(leg["rowids"], type=pa.uint64()),
+                    }
+                )
+            )
+        live = RRFReranker().rerank_hybrid("q", tables[0], tables[1])["id"].to_pylist()
+        assert ev.rrf_order(vector, fts) == live, (vector, fts)
+    assert ev.rrf_order(*cases[0]) == ["a", "c", "b", "d"]
