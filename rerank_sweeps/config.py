@@ -30,6 +30,16 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+def _known_codec(name: str) -> bool:
+    import codecs
+
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
 def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
     _check(value in options, key, value, "one of " + ", ".join(options))
 
@@ -60,6 +70,7 @@ class DataConfig:
     hub_id: str = "sentence-transformers/gooaq"
     hub_split: str = "train"
     format: str | None = None  # local files: jsonl | parquet | csv (default: from the suffix)
+    encoding: str = "utf-8"  # local jsonl/csv files: a line that does not decode is an error
     question_column: str = "question"
     answer_column: str = "answer"
     max_rows: int | None = None  # rows read from the source before splitting
@@ -72,6 +83,7 @@ class DataConfig:
         _choice("data.source", self.source, ("wordnet", "pydoc", "hub", "local"))
         if self.format is not None:
             _choice("data.format", self.format, ("jsonl", "parquet", "csv"))
+        _check(_known_codec(self.encoding), "data.encoding", self.encoding, "a Python codec name")
         if self.source == "local":
             _check(bool(self.path), "data.path", self.path, "a jsonl, parquet or csv file")
         for key in ("num_train", "num_eval", "corpus_size"):

@@ -322,12 +322,27 @@ def _check_local_file(path: Path) -> None:
         raise UserError(f"data.path={str(path)!r} is empty")
 
 
+def check_encoding(path: Path, encoding: str) -> None:
+    """A one-line UserError naming the first line that is not valid `encoding`: a wrong
+    encoding would otherwise be read with replacement characters and the run would go on."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as err:
+                raise UserError(
+                    f"{path.name}: line {number} is not valid {encoding} (byte "
+                    f"{line[err.start]:#04x} at column {err.start + 1}): set data.encoding "
+                    "(e.g. data.encoding=latin-1) or convert the file"
+                ) from None
+
+
 def _jsonl_records(
-    path: Path, rows: SourceRows, max_rows: int | None
+    path: Path, rows: SourceRows, max_rows: int | None, encoding: str = "utf-8"
 ) -> tuple[list[dict], list[str]]:
     records: list[dict[str, Any]] = []
     columns: dict[str, None] = {}
-    with path.open(encoding="utf-8", errors="replace") as handle:
+    with path.open(encoding=encoding) as handle:
         for line in handle:
             if max_rows is not None and len(records) + sum(rows.skipped.values()) >= max_rows:
                 break
@@ -356,14 +371,24 @@ def _missing_column_error(path: Path, key: str, column: str, columns: Sequence[s
 
 
 def read_local(
-    path: Path, fmt: str | None, qcol: str, acol: str, max_rows: int | None = None
+    path: Path,
+    fmt: str | None,
+    qcol: str,
+    acol: str,
+    max_rows: int | None = None,
+    encoding: str = "utf-8",
 ) -> SourceRows:
-    """(question, answer) pairs from a jsonl, parquet or csv file; bad rows skipped and counted."""
+    """(question, answer) pairs from a jsonl, parquet or csv file; bad rows skipped and counted.
+
+    Text files must be valid `encoding` throughout: the first bad line is a one-line error.
+    """
     _check_local_file(path)
     fmt = local_format(path, fmt)
     rows = SourceRows(pairs=[])
+    if fmt in ("jsonl", "csv"):
+        check_encoding(path, encoding)
     if fmt == "jsonl":
-        records, columns = _jsonl_records(path, rows, max_rows)
+        records, columns = _jsonl_records(path, rows, max_rows, encoding)
         if records:
             _require_columns(path, columns, qcol, acol)
     elif fmt == "parquet":
@@ -383,7 +408,9 @@ def read_local(
         import pandas as pd
 
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=max_rows)
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=False, nrows=max_rows, encoding=encoding
+            )
         except Exception as err:  # pandas raises several types for a malformed file
             raise UserError(f"cannot read {path.name} as csv: {_first_line(err)}") from None
         columns = [str(c) for c in frame.columns]
@@ -484,6 +511,7 @@ def load_source(data: DataConfig, seed: int) -> SourceRows:
         data.question_column,
         data.answer_column,
         data.max_rows,
+        data.encoding,
     )
 
 
@@ -518,7 +546,7 @@ def source_fingerprint(data: DataConfig) -> dict[str, Any]:
         _check_local_file(path)
         stat = path.stat()
         keys |= {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        keys |= {"format": local_format(path, data.format)}
+        keys |= {"format": local_format(path, data.format), "encoding": data.encoding}
         keys |= {"question_column": data.question_column, "answer_column": data.answer_column}
     return keys
 

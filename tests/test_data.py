@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from rerank_sweeps import data
 from rerank_sweeps.cache import Cache
-from rerank_sweeps.config import DataConfig, MiningConfig, UserError, validate
+from rerank_sweeps.config import ConfigError, DataConfig, MiningConfig, UserError, validate
 from rerank_sweeps.data import QAPair, SourceRows, normalize
 
 # ---------------------------------------------------------------------------------------------
@@ -816,3 +816,26 @@ def test_retriever_mining_takes_turns_between_the_vector_and_bm25_legs(tmp_path)
         _retriever_conf(margin=None), rows, pool, vectors, 2, 13, 2, tmp_path
     )
     assert vector_only.tuples[0].negatives == ["money", "a place"]
+
+
+def test_a_local_file_in_another_encoding_fails_in_one_line_naming_the_line(tmp_path) -> None:
+    path = tmp_path / "qa.jsonl"
+    good = json.dumps({"question": "what is a café", "answer": "a coffee house"}) + "\n"
+    bad = '{"question": "caf\xe9 au lait?", "answer": "coffee with milk"}\n'.encode("latin-1")
+    path.write_bytes(good.encode("utf-8") + bad)
+    with pytest.raises(UserError) as err:
+        data.read_local(path, None, "question", "answer")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "qa.jsonl: line 2 is not valid utf-8 (byte 0xe9 at column 18)" in message
+    assert "data.encoding" in message
+    # Said explicitly, the same file is read without replacement characters.
+    path.write_bytes(bad * 2)
+    rows = data.read_local(path, None, "question", "answer", encoding="latin-1")
+    assert rows.pairs[0] == ("café au lait?", "coffee with milk")
+    csv = tmp_path / "qa.csv"
+    csv.write_bytes(b"question,answer\n" + "na\xefve?,simple\n".encode("latin-1"))
+    with pytest.raises(UserError, match="qa.csv: line 2 is not valid utf-8"):
+        data.read_local(csv, None, "question", "answer")
+    with pytest.raises(ConfigError, match="data.encoding='klingon'"):
+        validate(compose_config(["data=local", "data.path=x.jsonl", "data.encoding=klingon"]))
