@@ -151,7 +151,7 @@ def build_artifacts(args: argparse.Namespace) -> dict[str, Any]:
             arts[arch] = train.untrained_stage(conf, cache)
             arts[f"{arch}_how"] = "untrained MiniLM base + fresh seeded head/projection"
         else:
-            negatives = data.negatives_stage(conf, cache, arts["split"])
+            negatives = data.negatives_stage(conf, cache, arts["split"], arts["index"])
             arts[arch] = train.model_stage(conf, cache, arts["split"], negatives)
             arts[f"{arch}_how"] = (
                 f"MiniLM fine-tuned 1 epoch on {args.num_train} WordNet questions, 1 hard negative"
