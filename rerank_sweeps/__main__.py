@@ -84,7 +84,10 @@ def _compose_error(err: BaseException) -> str:
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown and ("not in struct" in full or "not in '" in full):
         key = unknown.group(1)
-        return f"{key}: unknown key (to add a new key write +{key}=...)"
+        from rerank_sweeps.config import did_you_mean
+
+        hint = did_you_mean(key.lstrip("+~"))
+        return f"{key}: unknown key{hint or f' (to add a new key write +{key}=...)'}"
     text = text.replace(
         "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", ""
     )

@@ -518,6 +518,35 @@ def validate(cfg: DictConfig) -> RunConfig:
     return result
 
 
+def did_you_mean(dotted: str) -> str:
+    """ " (did you mean negatives?)" for a misspelled config key, or "" when nothing is close.
+
+    Keys are matched against the fields of the typed schema at the same depth.
+    """
+    import dataclasses
+    import difflib
+
+    *parents, leaf = dotted.split(".")
+    node: Any = RunConfig
+    for part in parents:
+        fields = (
+            {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        )
+        if part not in fields:
+            return ""
+        node = fields[part].default_factory if callable(fields[part].default_factory) else None
+        node = type(node()) if node is not None else None
+        if node is None:
+            return ""
+    if not dataclasses.is_dataclass(node):
+        return ""
+    names = [f.name for f in dataclasses.fields(node)]
+    close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {'.'.join([*parents, close[0]])}?)"
+
+
 def _one_line_omegaconf(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None) or "config"
     msg = " ".join(str(getattr(err, "msg", None) or err).split())
@@ -526,7 +555,7 @@ def _one_line_omegaconf(err: OmegaConfBaseException) -> str:
         value, wanted = converted.groups()
         return f"{key}={value} is not allowed: expected {wanted.lower()}"
     if "not in struct" in msg or "not in '" in msg:
-        return f"{key}: unknown key"
+        return f"{key}: unknown key{did_you_mean(key)}"
     return f"{key}: {msg}"
 
 
