@@ -1151,8 +1151,7 @@ def mine_from_retriever(
         sims = question_vectors[start : start + chunk] @ pool_vectors.T
         top = np.argpartition(-sims, depth - 1, axis=1)[:, :depth]
         for i, row_top in enumerate(top):
-            order = row_top[np.argsort(-sims[i, row_top], kind="stable")]
-            ranked[questions[start + i]] = np.stack([order, sims[i, order]])
+            ranked[questions[start + i]] = row_top[np.argsort(-sims[i, row_top], kind="stable")]
     bm25: dict[str, list[int]] = {}
     if "fts" in mining.legs:
         bm25 = _bm25_rankings(corpus, pool_vectors, questions, depth, work_dir)
@@ -1165,7 +1164,7 @@ def mine_from_retriever(
         positive = float(pool_vectors[position[row.answer]] @ qv) if row.answer in position else nan
         legs = []
         if "vector" in mining.legs:
-            legs.append(ranked[row.question][0].astype(int).tolist())
+            legs.append(ranked[row.question].tolist())
         if "fts" in mining.legs:
             legs.append(bm25[row.question])
         per_leg = []

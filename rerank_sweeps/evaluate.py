@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import RunConfig, UserError
+from rerank_sweeps.fusion import RRF_K, rrf_scores
 from rerank_sweeps.index import (
     embed,
     has_ann_index,
@@ -62,7 +63,6 @@ SCORES_VERSION = 1
 METRICS = ("hit", "mrr", "ndcg")
 BASELINE, CEILING = "baseline", "ceiling"
 RERANKED, FUSED = "reranked", "fused"
-RRF_K = 60  # LanceDB's RRFReranker default
 Z95 = 1.959963984540054
 FTS_THREADS = 4  # LanceDB runs queries on its own runtime; a few in flight hide its latency
 
@@ -285,14 +285,13 @@ def rrf_order(vector: dict[str, list], fts: dict[str, list], k: int = RRF_K) -> 
     `Reranker.merge_results` keeps the first occurrence of each row id), then a stable
     descending sort, so a tie keeps the merge order.
     """
-    score: dict[int, float] = {}
     ident: dict[int, str] = {}
     for leg in (vector, fts):
-        for rank, (rowid, doc) in enumerate(zip(leg["rowids"], leg["ids"], strict=True), 1):
-            score[rowid] = score.get(rowid, 0.0) + 1 / (rank + k)
-            ident.setdefault(rowid, doc)
-    merged = list(dict.fromkeys([*vector["rowids"], *fts["rowids"]]))
-    values = np.array([score[r] for r in merged], dtype=np.float32)
+        ident.update(
+            (r, d) for r, d in zip(leg["rowids"], leg["ids"], strict=True) if r not in ident
+        )
+    merged = list(ident)  # insertion order: the vector leg's rows, then new FTS rows
+    values = rrf_scores(merged, vector["rowids"], fts["rowids"], k=k).astype(np.float32)
     order = np.argsort(-values, kind="stable")
     return [ident[merged[i]] for i in order]
 

@@ -47,12 +47,13 @@ def fuse(method: str, weight: float, model: np.ndarray, first: np.ndarray) -> np
     raise ValueError(f"unknown fusion method {method!r}: choose one of {', '.join(METHODS)}")
 
 
-def _rrf_scores(keys: Sequence[Any], *legs: Sequence[Any]) -> np.ndarray:
-    """RRF score of each key over the legs' orders (a key absent from a leg adds nothing)."""
+def rrf_scores(keys: Sequence[Any], *legs: Sequence[Any], k: int = RRF_K) -> np.ndarray:
+    """RRF score of each key over the legs' orders (a key absent from a leg adds nothing),
+    summed leg by leg as LanceDB's `RRFReranker` does."""
     total = np.zeros(len(keys), dtype=np.float64)
     for leg in legs:
         rank = {key: r for r, key in enumerate(dict.fromkeys(leg), 1)}
-        total += np.array([1.0 / (RRF_K + rank[k]) if k in rank else 0.0 for k in keys])
+        total += np.array([1.0 / (k + rank[key]) if key in rank else 0.0 for key in keys])
     return total
 
 
@@ -118,7 +119,7 @@ class FusedReranker(Reranker):
             merged = vector_results
         else:
             merged = self.inner.merge_results(vector_results, fts_results)
-        first = _rrf_scores(merged[key].to_pylist(), vector_keys, fts_keys)
+        first = rrf_scores(merged[key].to_pylist(), vector_keys, fts_keys)
         return self._fused(query, merged, first, "hybrid")
 
 

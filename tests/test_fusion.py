@@ -84,7 +84,7 @@ def test_rrf_fusion_and_the_hybrid_first_stage_by_hand():
     got = fusion.fuse("rrf", 0.25, model, first)
     expected = [0.25 / 63 + 0.75 / 61, 0.25 / 61 + 0.75 / 62, 0.25 / 62 + 0.75 / 63]
     assert got == pytest.approx(expected)
-    rrf = fusion._rrf_scores(["a", "b", "c"], ["a", "b"], ["b", "c"])
+    rrf = fusion.rrf_scores(["a", "b", "c"], ["a", "b"], ["b", "c"])
     assert rrf == pytest.approx([1 / 61, 1 / 62 + 1 / 61, 1 / 62])
     with pytest.raises(ValueError, match="unknown fusion method"):
         fusion.fuse("mean", 0.5, model, first)
