@@ -1,16 +1,19 @@
 """Candidates, reranking and metrics with confidence intervals, inside LanceDB.
 
 Protocol (fixing the reference scripts' bugs):
-- Candidates: each leg (vector, FTS) retrieves D = overfetch * max(top_k) rows per eval query
-  once. For a smaller k the candidate set is each leg's prefix of depth overfetch * k; hybrid
-  merges the two prefixes and de-duplicates them by row (vector order first).
+- Candidates: each leg (vector, FTS) retrieves D = eval.depth rows per eval query once, and
+  every k reranks those same D per leg (so metrics are monotone in k). With eval.depth=null
+  (the blog's protocol) D = overfetch * max(top_k) and a smaller k reranks each leg's prefix
+  of depth overfetch * k. Hybrid merges the two legs and de-duplicates them by row (vector
+  order first), so it reranks up to twice one leg's candidates.
 - Systems, for every query type and k, on the same candidate set: `baseline` (distance order,
   BM25 order, LanceDB's RRF for hybrid), every model system (`reranked`, `untrained`)
   through our LanceDB `Reranker`, and `ceiling` (relevant candidates first: hit@k of the
   candidate set; no reranker can beat it).
 - Metrics: hit@k, MRR@k, nDCG@k with binary relevance (relevant = the query's id set), 95%
   intervals (Wilson for hit, seeded bootstrap over queries otherwise) and the paired
-  difference to the baseline (paired bootstrap interval, sign-flip randomization p-value).
+  difference to the baseline from `stats.paired_comparison` (exact McNemar p for hit,
+  sign-flip randomization p for MRR/nDCG, the test-inversion interval of the same test).
 - No silent failures: an exception while scoring or reranking a query ends the run with
   an `EvaluationError` naming the query.
 
@@ -55,6 +58,7 @@ from rerank_sweeps.rerankers import (
     read_reranker_meta,
     resolve_bf16,
 )
+from rerank_sweeps.stats import PERMUTATIONS, paired_comparison, record_p_text
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,12 @@ def legs_for(types: Sequence[str]) -> list[str]:
 
 
 def depth_for(conf: RunConfig, k: int | None = None) -> int:
-    """Rows per leg: overfetch * k, or overfetch * max(top_k) for the retrieval itself."""
+    """Candidates per leg for metrics @k (k None: the retrieval itself, i.e. the deepest).
+
+    `eval.depth` for every k; with `eval.depth=null`, the blog's overfetch * k.
+    """
+    if conf.eval.depth is not None:
+        return conf.eval.depth
     return conf.overfetch * (k if k is not None else max(conf.top_k))
 
 
@@ -544,18 +553,6 @@ def bootstrap_interval(values: np.ndarray, resamples: np.ndarray) -> list[float]
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def sign_flip_p_value(diffs: np.ndarray, flips: np.ndarray) -> float | None:
-    """Two-sided paired randomization test: P(|mean of sign-flipped diffs| >= |observed|)."""
-    if flips.size == 0 or diffs.size == 0:
-        return None
-    observed = abs(diffs.mean())
-    if observed == 0.0:
-        return 1.0
-    null = np.abs((flips * diffs[None, :]).mean(axis=1))
-    extreme = int(np.count_nonzero(null >= observed - 1e-12))
-    return (extreme + 1) / (flips.shape[0] + 1)
-
-
 def _stable_seed(*parts: Any) -> int:
     return zlib.crc32(json.dumps(parts).encode())
 
@@ -576,13 +573,17 @@ def compute_results(
     bootstrap: int,
     seed: int,
 ) -> dict[str, Any]:
-    """metrics, intervals and paired differences (system - baseline) from the rankings."""
+    """metrics, intervals and paired differences (system - baseline) from the rankings.
+
+    `bootstrap` resamples (seeded by `seed`) give the MRR/nDCG intervals of single systems;
+    the paired differences come from `stats.paired_comparison` (exact McNemar for hit,
+    sign-flip for MRR/nDCG, test-inversion intervals), seeded by the comparison itself so
+    docs/results.md recomputes the same numbers from the TREC files.
+    """
     items = rankings.items
     n = len(items)
     rng = np.random.default_rng(_stable_seed("bootstrap", seed, n))
     resamples = rng.integers(0, n, size=(bootstrap, n)) if n else np.empty((0, 0), dtype=int)
-    flip_rng = np.random.default_rng(_stable_seed("signflip", seed, n))
-    flips = flip_rng.choice(np.array([-1.0, 1.0]), size=(bootstrap, n)) if n else np.empty((0, 0))
     metrics: dict[str, float] = {}
     intervals: dict[str, list[float] | None] = {}
     per_query: dict[str, np.ndarray] = {}
@@ -612,11 +613,11 @@ def compute_results(
                     diffs = (
                         per_query[f"{qt}/{system}/{m}@{k}"] - per_query[f"{qt}/{BASELINE}/{m}@{k}"]
                     )
-                    paired[f"{qt}/{system}-{BASELINE}/{m}@{k}"] = {
-                        "diff": mean(diffs.tolist()),
-                        "interval": bootstrap_interval(diffs, resamples),
-                        "p_value": sign_flip_p_value(diffs, flips),
-                    }
+                    key = f"{qt}/{system}-{BASELINE}/{m}@{k}"
+                    if n == 0:  # nothing to test: the old schema's empty entry
+                        paired[key] = {"diff": math.nan, "interval": None, "p_value": None}
+                        continue
+                    paired[key] = paired_comparison(diffs, m, PERMUTATIONS).as_record()
     return {"metrics": metrics, "intervals": intervals, "paired": paired}
 
 
@@ -665,7 +666,27 @@ def markdown_tables(
     metrics, intervals = results["metrics"], results["intervals"]
     n = results["counts"]["queries"]
     titles = {"hit": "Hit rate", "mrr": "MRR", "ndcg": "nDCG"}
-    lines = []
+    counts = results["counts"]
+    protocol = results.get("protocol", {})
+    lines = [
+        "### Candidates",
+        "",
+        f"Per leg: {protocol.get('depth_rule', 'overfetch x k')}, "
+        + ", ".join(f"@{k}: {d}" for k, d in protocol.get("depth_per_leg", {}).items())
+        + ". Hybrid reranks the union of both legs, up to twice one leg's candidates.",
+        "",
+        "| | " + " | ".join(f"{qt} @{k}" for qt in types for k in ks) + " |",
+        "|---|" + "---|" * (len(types) * len(ks)),
+        "| candidates reranked per query (mean) | "
+        + " | ".join(f"{counts.get(f'{qt}/candidates@{k}', 0.0):.1f}" for qt in types for k in ks)
+        + " |",
+        "| queries with a relevant candidate (the only ones a reranker can change) | "
+        + " | ".join(
+            f"{counts.get(f'{qt}/with_relevant@{k}', '-')} of {n}" for qt in types for k in ks
+        )
+        + " |",
+        "",
+    ]
     for m in METRICS:
         lines.append(f"### {titles[m]}@k ({n} queries, 95% intervals)")
         lines.append("")
@@ -680,7 +701,10 @@ def markdown_tables(
         lines.append("")
     paired = results["paired"]
     if paired:
-        lines.append("### Paired difference to the baseline (95% interval, sign-flip p)")
+        lines.append(
+            "### Paired difference to the baseline (95% test-inversion interval; "
+            "p: exact McNemar for hit, sign-flip for MRR and nDCG)"
+        )
         lines.append("")
         header = ["difference"] + [f"{qt} @{k}" for qt in types for k in ks]
         lines.append("| " + " | ".join(header) + " |")
@@ -695,7 +719,10 @@ def markdown_tables(
                         p = paired[f"{qt}/{system}-{BASELINE}/{m}@{k}"]
                         cell = f"{p['diff']:+.3f}"
                         if p["interval"] is not None:
-                            cell += f" [{p['interval'][0]:+.2f}, {p['interval'][1]:+.2f}] p={p['p_value']:.3f}"
+                            # 3 decimals like the difference: an end just off 0 must not
+                            # print as 0.00 beside p < 0.05.
+                            low, high = p["interval"]
+                            cell += f" [{low:+.3f}, {high:+.3f}] {record_p_text(p)}"
                         cells.append(cell)
                 lines.append("| " + " | ".join([f"{system} {m}", *cells]) + " |")
         lines.append("")
@@ -794,18 +821,28 @@ def evaluate(
             sizes = [len(r) for r in rankings.by_key[(qt, BASELINE, k)]]
             counts[f"{qt}/candidates@{k}"] = mean(sizes) if sizes else 0.0
             counts[f"{qt}/no_candidates@{k}"] = sum(1 for s in sizes if s == 0)
+            # Only these queries can tell rerankers apart: the others miss whatever the order.
+            counts[f"{qt}/with_relevant@{k}"] = sum(
+                1
+                for ranked, it in zip(rankings.by_key[(qt, CEILING, k)], items, strict=True)
+                if any(d in it.relevant for d in ranked)
+            )
     results["counts"] = counts
     results["systems"] = system_info
     results["protocol"] = {
         "top_k": ks,
         "overfetch": conf.overfetch,
+        "depth_rule": "fixed (eval.depth)" if conf.eval.depth is not None else "overfetch x k",
         "depth_per_leg": {str(k): depth_for(conf, k) for k in ks},
         "retrieved_depth": depth,
         "query_types": types,
         "bootstrap": conf.eval.bootstrap,
         "seed": conf.seed,
-        "intervals": "hit: Wilson 95%; mrr, ndcg and paired: percentile bootstrap over queries",
-        "p_value": "paired sign-flip randomization test, two-sided",
+        "intervals": "hit: Wilson 95%; mrr, ndcg: percentile bootstrap over queries; paired: "
+        "test inversion of the paired test (holds 0 exactly when p >= 0.05)",
+        "p_value": "paired, two-sided: exact McNemar for hit, sign-flip randomization for "
+        "mrr and ndcg",
+        "permutations": PERMUTATIONS,
         "runs": "runs/<qt>-<system>@<k>.trec: whole ranked candidate list; score = n - rank + 1",
     }
     results["candidates"] = cand_art.key

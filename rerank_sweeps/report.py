@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rerank_sweeps.stats import record_p_text
 from rerank_sweeps.tracking import load_records
 
 QUERY_TYPES = ("vector", "fts", "hybrid")
@@ -337,7 +338,8 @@ def significance(records: list[dict[str, Any]]) -> str:
                 if low is not None and high is not None
                 else ""
             )
-            pv = f", p={p:.3g}" if p is not None else ""
+            # The evaluation's own p, printed as table.md and docs/results.md print it.
+            pv = f", {record_p_text(stats)}" if p is not None else ""
             lines.append(f"- {run_label(r)} {key}: {100 * diff:+.1f} points{interval}{pv} ({sig})")
     return "\n".join(lines)
 

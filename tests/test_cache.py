@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from rerank_sweeps.cache import MARKER, Cache, stage_key
 
 WRITER = textwrap.dedent(
@@ -82,8 +84,23 @@ def test_failed_build_leaves_nothing_and_rerun_succeeds(tmp_path: Path) -> None:
     key = stage_key("s", 1, {}, [])
     assert cache.lookup("s", key) is None
     assert not [p for p in (tmp_path / "s").iterdir() if p.name.startswith(".tmp")]
+    # Nothing resumable was written: no empty work folder is left behind (#14.7).
+    assert not cache.work_dir("s", key).exists()
     art = cache.stage("s", 1, {}, [], lambda out, work: (out / "ok.txt").write_text("ok"))
     assert not art.hit and (art.path / "ok.txt").read_text() == "ok"
+
+
+def test_failed_build_keeps_resumable_state(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+
+    def killed_mid_training(out: Path, work: Path) -> None:
+        (work / "checkpoint-40").mkdir()
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        cache.stage("s", 1, {}, [], killed_mid_training)
+    work = cache.work_dir("s", stage_key("s", 1, {}, []))
+    assert (work / "checkpoint-40").is_dir()  # the next try resumes from it
 
 
 def test_sigkilled_writer_leaves_nothing_trusted_and_rerun_recomputes(tmp_path: Path) -> None:

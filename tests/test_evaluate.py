@@ -13,9 +13,9 @@ import pytest
 from conftest import compose_config
 
 from rerank_sweeps import evaluate as ev
-from rerank_sweeps import rerankers
+from rerank_sweeps import rerankers, stats
 from rerank_sweeps.cache import Artifact, Cache
-from rerank_sweeps.config import validate
+from rerank_sweeps.config import ConfigError, validate
 
 # -- a hand-made fixture: 6 documents, 2 queries, legs written by hand ----------------------
 
@@ -107,6 +107,7 @@ def hand_conf(outputs: Path):
             f"paths.root={outputs}",
             "top_k=[1,2]",
             "overfetch=2",
+            "eval.depth=null",  # the blog's overfetch x k protocol
             "query_type=all",
             "eval.bootstrap=200",
             "eval.device=cpu",
@@ -170,7 +171,12 @@ def test_metrics_match_hand_computed_values(hand_run):
     paired = results["paired"]["hybrid/reranked-baseline/hit@1"]
     assert paired["diff"] == pytest.approx(0.5)
     assert paired["interval"][0] <= paired["diff"] <= paired["interval"][1]
-    assert 0 < paired["p_value"] <= 1
+    # Per query diffs 0 (q1) and 1 (q2): exact McNemar with 1 won, 0 lost is 2 x 1/2 = 1.
+    assert paired["p_value"] == 1.0 and paired["test"] == "mcnemar-exact"
+    assert paired["discordant"] == [1, 0]
+    # MRR is tested by sign flips; 2 queries: all 4 sign vectors are enumerated.
+    mrr = results["paired"]["hybrid/reranked-baseline/mrr@2"]
+    assert mrr["test"] == "sign-flip" and mrr["permutations"] == 4
     # Wilson for hit = 1/2 of 2 queries, from the textbook formula.
     z = 1.959963984540054
     centre = (0.5 + z * z / 4) / (1 + z * z / 2)
@@ -181,6 +187,55 @@ def test_metrics_match_hand_computed_values(hand_run):
     assert results["counts"]["queries"] == 2
     assert results["counts"]["hybrid/candidates@1"] == (3 + 4) / 2  # merged, de-duplicated
     assert results["protocol"]["depth_per_leg"] == {"1": 2, "2": 4}
+    # Both queries have a relevant candidate at depth 2 in every leg (d2 / d4, d2 / d6), though
+    # the baseline misses both at vector @1.
+    assert results["counts"]["vector/with_relevant@1"] == 2
+    assert results["counts"]["fts/with_relevant@1"] == 2
+
+
+def test_fixed_depth_reranks_the_same_candidates_for_every_k(tmp_path, outputs):
+    """eval.depth: one candidate depth per leg for every k, so hit@k is monotone in k."""
+    conf = validate(
+        compose_config(
+            [
+                "experiment=tiny",
+                f"paths.root={outputs}",
+                "top_k=[1,2]",
+                "eval.depth=2",
+                "query_type=all",
+                "eval.bootstrap=50",
+                "eval.device=cpu",
+            ]
+        )
+    )
+    split = make_split(tmp_path / "split", TEXTS, QUERIES)
+    cands = make_candidates(tmp_path / "cands")
+    model = make_lookup_model(tmp_path / "model", SCORES)
+    results = ev.evaluate(
+        conf, Cache(outputs / "cache"), split, cands, {"reranked": model}, tmp_path / "run"
+    )
+    assert results["protocol"]["depth_per_leg"] == {"1": 2, "2": 2}
+    assert results["protocol"]["depth_rule"] == "fixed (eval.depth)"
+    counts, m = results["counts"], results["metrics"]
+    for qt in ("vector", "fts", "hybrid"):
+        assert counts[f"{qt}/candidates@1"] == counts[f"{qt}/candidates@2"]
+        for system in ("baseline", "reranked", "ceiling"):
+            assert m[f"{qt}/{system}/hit@1"] <= m[f"{qt}/{system}/hit@2"]
+    # vector @2 reranks [d1,d2] / [d3,d4] (not 4 per leg): q1 -> [d2 (0.9), d1], MRR 1; q2 ->
+    # [d3 (0.5), d4 (0.2)], MRR 1/2. With 4 per leg q2 would rank d2 first and score 0.
+    assert m["vector/reranked/mrr@2"] == pytest.approx((1 + 0.5) / 2)
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert "fixed (eval.depth), @1: 2, @2: 2" in table
+    assert "2 of 2" in table  # queries with a relevant candidate
+
+
+def test_depth_below_top_k_is_refused_in_one_line(outputs):
+    with pytest.raises(ConfigError, match=r"eval.depth=1 is not allowed: .*largest top_k \(2\)"):
+        validate(
+            compose_config(
+                ["experiment=tiny", f"paths.root={outputs}", "top_k=[1,2]", "eval.depth=1"]
+            )
+        )
 
 
 def test_hand_rankings_in_run_files(hand_run):
@@ -290,12 +345,14 @@ def test_metric_definitions():
 
 
 def test_sign_flip_p_value_is_small_for_a_consistent_gain_and_one_for_none():
-    rng = np.random.default_rng(0)
-    flips = rng.choice([-1.0, 1.0], size=(2000, 30))
-    assert ev.sign_flip_p_value(np.ones(30), flips) < 0.001
-    assert ev.sign_flip_p_value(np.zeros(30), flips) == 1.0
+    # evaluate.sign_flip_p_value moved to stats.paired_comparison (the one paired test).
+    gain = stats.paired_comparison(np.ones(30), "mrr", permutations=2000)
+    # Only the all-plus sign vector reaches mean 1: no drawn one did, so p = 1/2001, a floor.
+    assert gain.p_value == pytest.approx(1 / 2001) and gain.p_floor
+    assert gain.p_text() == "p<0.0005"
+    assert stats.paired_comparison(np.zeros(30), "mrr").p_value == 1.0
     mixed = np.array([1.0, -1.0] * 15)
-    assert ev.sign_flip_p_value(mixed, flips) == 1.0
+    assert stats.paired_comparison(mixed, "mrr").p_value == 1.0
 
 
 # -- live LanceDB: candidates and reranking through the user's query path -------------------
@@ -353,6 +410,7 @@ def live(tmp_path_factory):
                 f"paths.root={outputs}",
                 "top_k=[2,3]",
                 "overfetch=2",
+                "eval.depth=null",  # the blog's overfetch x k protocol
                 "query_type=all",
                 "eval.bootstrap=50",
                 "eval.device=cpu",
@@ -398,6 +456,7 @@ def test_candidates_are_cached_without_the_model_and_hold_both_legs(live):
                 "query_type=hybrid",
                 "top_k=[2,3]",
                 "overfetch=2",
+                "eval.depth=null",  # the blog's overfetch x k protocol
             ]
         )
     )

@@ -88,6 +88,7 @@ def test_ann_index_reports_recall_against_exact_search(tmp_path):
         "index.ann_nprobes=2",
         "top_k=[2]",
         "overfetch=2",
+        "eval.depth=null",  # the blog's overfetch x k protocol
     )
     cache = Cache(conf.paths.cache)
     texts = {f"c{i}": t for i, t in enumerate(LIVE_TEXTS)}

@@ -128,10 +128,14 @@ def test_per_query_hits_and_paired_difference_hand_checked(tmp_path):
         "q4": 0.0,
     }
     p = publish.between(two, one, "vector", 5)
-    # diffs 0, 0, 1, 1: mean 0.5; flipping signs reaches |mean| >= 0.5 in half the cases.
+    # diffs 0, 0, 1, 1: mean 0.5; exact McNemar with 2 won, 0 lost: 2 * (1/2)^2 = 0.5.
     assert p.diff == pytest.approx(0.5) and p.n == 4
-    assert 0.4 < p.p_value < 0.6 and not p.significant
-    assert p.low == pytest.approx(0.0) and p.high == pytest.approx(1.0)
+    assert p.p_value == 0.5 and not p.significant
+    assert (p.test, p.won, p.lost) == ("mcnemar-exact", 2, 0)
+    # The test-inversion interval: 4 queries reject no shift in [-1, 1]. At delta = -1 the
+    # shifted diffs are 1, 1, 2, 2 and only the all-plus and all-minus flips reach |sum| 6:
+    # exact p 2/16 = 0.125; at +1 they are -1, -1, 0, 0 and half the flips reach |sum| 2.
+    assert p.low == -1.0 and p.high == 1.0
     reranked_vs_baseline = publish.between(one, one, "vector", 5, "reranked", "baseline")
     assert reranked_vs_baseline.diff == pytest.approx(0.25)
 
@@ -141,8 +145,12 @@ def _paired(diff: float, p: float) -> publish.Paired:
 
 
 def test_verdicts_follow_significance_and_sign():
-    assert publish._verdict([_paired(0.1, 0.01), _paired(0.02, 0.4)], 1).startswith("reproduced")
-    assert publish._verdict([_paired(-0.1, 0.01)], 1).startswith("not reproduced")
+    # A majority of the family after Holm: 2 of 3 (Holm [0.03, 0.03, 0.4]).
+    two_of_three = [_paired(0.1, 0.01), _paired(0.05, 0.01), _paired(0.02, 0.4)]
+    assert publish._verdict(two_of_three, 1).startswith("reproduced (2 of 3")
+    # One significant of two is no majority (it used to read "reproduced").
+    assert publish._verdict([_paired(0.1, 0.01), _paired(0.02, 0.4)], 1).startswith("not shown")
+    assert publish._verdict([_paired(-0.1, 0.01)], 1).startswith("contradicted")
     assert publish._verdict([_paired(-0.1, 0.01), _paired(0.1, 0.01)], 1).startswith("mixed")
     assert publish._verdict([_paired(0.1, 0.2)], 1).startswith("not shown")
     assert publish._verdict([_paired(-0.3, 0.001)], -1).startswith("reproduced")
@@ -183,7 +191,17 @@ def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
         "(negatives not stated) | 50.95 | 50.10 | 51.50 |" in page
     )
     assert "| ce-minilm-2neg-1ep | 100.0 | 100.0 | 100.0 | – |" in page
-    assert "ce-minilm, 2 - 1 negatives: vector hit@5 +50.0 [+0.0, +100.0]" in page
+    # 2 won, 0 lost: exact McNemar p = 0.5; the family (2 and 5 negatives x vector, hybrid)
+    # has raw p 0.5, 0.5, 1, 1, so Holm gives min(1, 4 x 0.5) = 1. With 4 queries the
+    # test-inversion interval rejects no shift (it used to be a bootstrap [+0.0, +100.0]).
+    assert (
+        "ce-minilm, 2 - 1 negatives: vector hit@5 +50.0 [-100.0, +100.0], p=0.5, Holm 1 "
+        "(2 won, 0 lost); 4 of 4 queries with a relevant candidate" in page
+    )
+    assert "ce-minilm, 5 - 1 negatives: hybrid hit@5 +25.0 [-100.0, +100.0], p=1, Holm 1" in page
+    assert publish.VERDICT_RULE in page and "sign-flip tests on the same queries" not in page
+    assert "the exact McNemar test" in page and "so it holds 0 exactly when p >= 0.05" in page
+    assert "**More hard negatives help**: not shown: none of the 4 differences" in page
     # 5 negatives hit q1-q3, 1 negative q1 and q2: +25 points; the blog's 1/2/5 rows beside it.
     assert "ce-minilm, 5 - 1 negatives: vector hit@5 +25.0" in page
     assert "vector hit@5 43.35 with 1 negative, 54.1 with 2 negatives, 55.5 with 5" in page
@@ -200,6 +218,7 @@ def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old text" not in text
     assert "**More hard negatives help**: not shown" in text
+    assert publish.VERDICT_RULE in text  # the README states family, correction and rule too
     assert main(argv) == 0
     assert readme.read_text() == text  # regenerating changes nothing
 
@@ -227,10 +246,13 @@ def test_publish_refuses_a_readme_without_the_block_and_a_missing_blog_file(tmp_
 
 
 def test_the_readme_keeps_the_strongest_comparison_each_way():
-    diffs = [(0.05, 0.01), (0.15, 0.001), (-0.02, 0.5), (-0.10, 0.01), (-0.20, 0.2), (0.01, 0.9)]
+    # Line 3's p was 0.01: Holm over 6 made it 0.05 (not significant), so it is now 0.002.
+    # Holm: 0.001 x 6 = 0.006, 0.002 x 5 = 0.01, 0.01 x 4 = 0.04, then 0.6, 1, 1.
+    diffs = [(0.05, 0.01), (0.15, 0.001), (-0.02, 0.5), (-0.10, 0.002), (-0.20, 0.2), (0.01, 0.9)]
     finding = publish.Finding(
         "claim", "blog", [f"line {i}" for i in range(6)], [_paired(d, p) for d, p in diffs], 1
     )
+    assert finding.adjusted == pytest.approx([0.04, 0.006, 1.0, 0.01, 0.6, 1.0])
     # The largest significant lift (+15) and drop (-10); -20 is larger but not significant.
     assert finding.strongest() == ["line 1", "line 3"]
     text = publish.findings_markdown([finding], compact=True)
