@@ -33,6 +33,17 @@ from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import ARCH_LOSSES, RunConfig, UserError
 from rerank_sweeps.data import NTuple, load_negatives
 from rerank_sweeps.devsignal import DevArtifacts, DevData, candidate_evaluator, finish_training
+from rerank_sweeps.distill import (
+    TeacherScores,
+    distillation_rows,
+    load_teacher_scores,
+    loss_uses_teacher,
+    margin_mse_rows,
+    mse_pairs,
+    parse_teacher,
+    teacher_scores_stage,
+    uses_teacher,
+)
 from rerank_sweeps.models import hub_unavailable, resolve_model
 
 log = logging.getLogger(__name__)
@@ -62,6 +73,14 @@ def arch_key(conf: RunConfig) -> dict[str, Any]:
     fields["loss"] = loss_name(conf)  # null and the arch's default name train the same model
     if fields["loss"] != "bce":
         fields.pop("pos_weight", None)  # read by BinaryCrossEntropyLoss only
+    if loss_uses_teacher(fields["loss"]):
+        # The teacher's scores artifact is an input of the model stage too (what the teacher
+        # is on disk); this is the teacher as configured, in one canonical form.
+        spec = parse_teacher(conf.arch.teacher)
+        fields["teacher"] = spec.describe() if spec is not None else None
+    else:  # read by the distillation losses only
+        fields.pop("teacher", None)
+        fields.pop("teacher_scale", None)
     return fields
 
 
@@ -83,9 +102,15 @@ def model_stage(
     itself depends on the split) and, with `dev`, the dev candidates that pick the best
     checkpoint (their protocol is `conf.dev`, fixed), never evaluation-only settings such as
     top_k or query_type. Without `dev`, the mined dev tuples drive checkpoint selection.
+    A distillation loss (`arch.teacher`) adds the teacher scores artifact to the inputs; it is
+    built first (and a teacher trained in this job before it, by this same stage).
     `split_art` is accepted for the pipeline's uniform signature; training reads only `neg_art`.
     """
-    del split_art  # the negatives artifact carries train/dev tuples and depends on the split
+    # Training reads the negatives artifact (train/dev tuples; it depends on the split); a
+    # teacher trained in this job gets `split_art` passed on to its own model stage.
+    teacher_art = None
+    if uses_teacher(conf):
+        teacher_art = teacher_scores_stage(conf, cache, split_art, neg_art, dev)
     key_config = {
         "arch": arch_key(conf),
         "base": asdict(conf.base),
@@ -98,9 +123,15 @@ def model_stage(
     def build(out_dir: Path, work_dir: Path) -> None:
         train_rows, dev_rows = read_tuples(neg_art)
         dev_data = DevData.load(conf, dev) if dev is not None else None
-        train_reranker(conf, train_rows, dev_rows, out_dir, work_dir, dev_data)
+        teacher = None
+        if teacher_art is not None:
+            teacher = load_teacher_scores(teacher_art, train_rows)
+        train_reranker(
+            conf, train_rows, dev_rows, out_dir, work_dir, dev_data, teacher_scores=teacher
+        )
 
     inputs = [neg_art] if dev is None else [neg_art, dev.split, dev.candidates]
+    inputs += [teacher_art] if teacher_art is not None else []
     return cache.stage("model", MODEL_VERSION, key_config, inputs, build)
 
 
@@ -495,6 +526,10 @@ def _training_args(
             common["batch_sampler"] = BatchSamplers.NO_DUPLICATES
         return CrossEncoderTrainingArguments(**common)
 
+    # Contrastive uses in-batch negatives (no text twice in a batch); distillation compares
+    # each query with its own documents only.
+    if loss_name(conf) == "distillation":
+        return SentenceTransformerTrainingArguments(**common)
     return SentenceTransformerTrainingArguments(**common, batch_sampler=BatchSamplers.NO_DUPLICATES)
 
 
@@ -614,7 +649,12 @@ def _cross_encoder_trainer_class():
     return ReloadingCrossEncoderTrainer
 
 
-def ce_dataset_and_loss(conf: RunConfig, model: Any, train: Sequence[NTuple]) -> tuple[Any, Any]:
+def ce_dataset_and_loss(
+    conf: RunConfig,
+    model: Any,
+    train: Sequence[NTuple],
+    teacher_scores: TeacherScores | None = None,
+) -> tuple[Any, Any]:
     """The training dataset and sentence-transformers loss of `arch.loss` for a cross-encoder.
 
     - bce: (query, passage, label) pairs, one row per (question, text), BinaryCrossEntropyLoss
@@ -626,6 +666,10 @@ def ce_dataset_and_loss(conf: RunConfig, model: Any, train: Sequence[NTuple]) ->
       unbounded listwise logits into float32 ties at 1.0.
     - cmnrl: one row per question, (query, positive, negative_1..n),
       CachedMultipleNegativesRankingLoss (also in-batch negatives; CPU-safe gradient cache).
+    - margin_mse: one row per question, (query, positive, negative_1..n, label) with the
+      teacher's margins score(positive) - score(negative_i) as labels; MarginMSELoss.
+    - mse: (query, passage, label) pairs with the teacher's score as label; MSELoss.
+      Both regress raw logits onto teacher scores, so the saved activation is Identity too.
 
     A dataset row is one training example: for the listwise and n-tuple losses that is one
     question with all its texts, so `arch.batch_size` counts questions there, pairs for bce.
@@ -646,18 +690,36 @@ def ce_dataset_and_loss(conf: RunConfig, model: Any, train: Sequence[NTuple]) ->
     if name == "cmnrl":
         dataset = Dataset.from_dict(colbert_tuples(train, what="arch.loss=cmnrl"))
         return dataset, losses.CachedMultipleNegativesRankingLoss(model)
+    if name in ("margin_mse", "mse"):
+        if teacher_scores is None:
+            raise UserError(f"arch.loss={name} trains on teacher scores: none were given")
+        model.set_activation_fn(torch.nn.Identity())
+        scale = conf.arch.teacher_scale
+        if name == "margin_mse":
+            rows = margin_mse_rows(train, teacher_scores.scores, scale)
+            return Dataset.from_dict(rows), losses.MarginMSELoss(model)
+        rows = mse_pairs(train, teacher_scores.scores, scale)
+        return Dataset.from_dict(rows), losses.MSELoss(model)
     raise UserError(f"arch.loss={name!r} is not a cross-encoder loss")  # validated in RunConfig
 
 
 def build_trainer(
-    conf: RunConfig, model: Any, train: Sequence[NTuple], evaluator: Any, output_dir: Path
+    conf: RunConfig,
+    model: Any,
+    train: Sequence[NTuple],
+    evaluator: Any,
+    output_dir: Path,
+    teacher_scores: TeacherScores | None = None,
 ):
-    """The configured CrossEncoderTrainer / SentenceTransformerTrainer (PyLate) and its schedule."""
+    """The configured CrossEncoderTrainer / SentenceTransformerTrainer (PyLate) and its schedule.
+
+    `teacher_scores` (aligned with `train`) feed the distillation losses.
+    """
     from datasets import Dataset
 
     bf16 = use_bf16(conf.arch.bf16)
     if conf.arch.name == "ce":
-        dataset, loss = ce_dataset_and_loss(conf, model, train)
+        dataset, loss = ce_dataset_and_loss(conf, model, train, teacher_scores)
         sched = schedule(len(dataset), conf)
         trainer = _cross_encoder_trainer_class()(
             model=model,
@@ -671,13 +733,23 @@ def build_trainer(
     from pylate import losses, utils
     from sentence_transformers import SentenceTransformerTrainer
 
-    dataset = Dataset.from_dict(colbert_tuples(train))
+    if loss_name(conf) == "distillation":
+        if teacher_scores is None:
+            raise UserError("arch.loss=distillation trains on teacher scores: none were given")
+        # (query, documents [positive, *negatives], scores): KL divergence between the
+        # softmax of the teacher's scores and of the student's (min-max normalised) MaxSim.
+        rows = distillation_rows(train, teacher_scores.scores, conf.arch.teacher_scale)
+        dataset = Dataset.from_dict(rows)
+        loss = losses.Distillation(model)
+    else:
+        dataset = Dataset.from_dict(colbert_tuples(train))
+        loss = losses.Contrastive(model, temperature=conf.arch.temperature)
     sched = schedule(len(dataset), conf)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=_training_args(conf, output_dir, sched, bf16, evaluator is not None),
         train_dataset=dataset,
-        loss=losses.Contrastive(model, temperature=conf.arch.temperature),
+        loss=loss,
         evaluator=evaluator,
         data_collator=utils.ColBERTCollator(model.tokenize),
         callbacks=trainer_callbacks(conf, evaluator),
@@ -692,6 +764,7 @@ def train_reranker(
     out_dir: Path,
     work_dir: Path,
     dev_data: DevData | None = None,
+    teacher_scores: TeacherScores | None = None,
 ) -> dict[str, Any]:
     """Train (or, with epochs=0, just save) the reranker into `out_dir`; resumable via `work_dir`.
 
@@ -720,7 +793,9 @@ def train_reranker(
     else:
         output_dir = work_dir / "trainer"
         output_dir.mkdir(exist_ok=True)
-        trainer, sched, num_train = build_trainer(conf, model, train, evaluator, output_dir)
+        trainer, sched, num_train = build_trainer(
+            conf, model, train, evaluator, output_dir, teacher_scores
+        )
         resume = last_complete_checkpoint(output_dir)
         if resume is not None:
             state = json.loads((resume / "trainer_state.json").read_text())
@@ -734,6 +809,8 @@ def train_reranker(
         extra["best_checkpoint_metric"] = trainer.state.best_metric
         extra["schedule"] = sched
         extra["loss"] = loss_name(conf)
+        if teacher_scores is not None:
+            extra["teacher"] = teacher_scores.identity
         extra["bf16"] = bool(trainer.args.bf16)
         model = trainer.model
         # The best checkpoint was evaluated during training: its dev metrics and scores are
@@ -834,6 +911,10 @@ def model_card_section(info: dict[str, Any], conf: RunConfig, num_train: int, nu
         f"- Max length: {info['max_length']}"
         + (f"; query length {info['query_length']}" if info["arch"] == "colbert" else ""),
     ]
+    if info.get("teacher"):
+        lines.append(
+            f"- Distilled ({info.get('loss')}) from the teacher `{json.dumps(info['teacher'])}`"
+        )
     if info["dev"] or info["dev_untrained"]:
         lines += ["", "| dev metric | untrained | trained |", "|---|---|---|"]
         for k in sorted(set(info["dev"]) | set(info["dev_untrained"])):

@@ -245,7 +245,9 @@ def test_bf16_setting():
 def test_cache_key_holds_only_what_training_reads(tmp_path, monkeypatch):
     calls = []
 
-    def fake_train(conf, train_rows, dev_rows, out_dir, work_dir, dev_data=None):
+    def fake_train(
+        conf, train_rows, dev_rows, out_dir, work_dir, dev_data=None, teacher_scores=None
+    ):
         calls.append((conf.arch.name, conf.negatives))
         (out_dir / "reranker.json").write_text("{}")
 
@@ -661,16 +663,18 @@ def test_loss_is_in_the_cache_key_and_defaults_per_arch(tmp_path):
     [
         (
             ["arch.loss=nope"],
-            "arch.loss='nope' is not allowed: for arch=ce choose one of bce, lambda, listnet, cmnrl",
+            "arch.loss='nope' is not allowed: for arch=ce choose one of bce, lambda, listnet, "
+            "cmnrl, margin_mse, mse",
         ),
         (
             ["arch=colbert", "arch.loss=lambda"],
-            "arch.loss='lambda' is not allowed: for arch=colbert choose one of contrastive",
+            "arch.loss='lambda' is not allowed: for arch=colbert choose one of contrastive, "
+            "distillation",
         ),
         (
             ["arch=ce", "arch.loss=contrastive"],
             "arch.loss='contrastive' is not allowed: for arch=ce choose one of bce, lambda, "
-            "listnet, cmnrl",
+            "listnet, cmnrl, margin_mse, mse",
         ),
     ],
     ids=["unknown", "ce-loss-for-colbert", "colbert-loss-for-ce"],
