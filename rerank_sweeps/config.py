@@ -161,9 +161,15 @@ class ArchConfig:
     # Also checkpoint when this many minutes passed since the last save (null: only at dev
     # evaluations), so a killed run loses minutes, not an epoch. Not in the cache key.
     checkpoint_minutes: float | None = 10.0
+    # Where the distillation losses (TEACHER_LOSSES) get their targets: null | miner | a
+    # cross-encoder / ColBERT directory | a teacher trained in the same job (an arch config
+    # name, or {arch: colbert, base: minilm, epochs: 1, ...}); see rerank_sweeps/distill.py.
+    teacher: Any = None
+    teacher_scale: float = 1.0  # teacher scores are multiplied by this before the loss
 
     def __post_init__(self) -> None:
         _choice("arch.name", self.name, ("ce", "colbert"))
+        _check(self.teacher_scale > 0, "arch.teacher_scale", self.teacher_scale, "a number > 0")
         _choice("arch.bf16", str(self.bf16).lower(), ("auto", "true", "false"))
         _check(self.lr > 0, "arch.lr", self.lr, "a number > 0")
         _check(self.batch_size >= 1, "arch.batch_size", self.batch_size, "an integer >= 1")
@@ -186,9 +192,11 @@ class ArchConfig:
 # The losses each architecture trains with (sentence-transformers / PyLate classes); the first
 # is the default when `arch.loss` is null.
 ARCH_LOSSES: dict[str, tuple[str, ...]] = {
-    "ce": ("bce", "lambda", "listnet", "cmnrl"),
-    "colbert": ("contrastive",),
+    "ce": ("bce", "lambda", "listnet", "cmnrl", "margin_mse", "mse"),
+    "colbert": ("contrastive", "distillation"),
 }
+# The losses that learn from a teacher's scores (they need `arch.teacher`).
+TEACHER_LOSSES = ("margin_mse", "mse", "distillation")
 
 
 @dataclass
@@ -255,13 +263,21 @@ class EvalConfig:
     batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
-    bf16: str = "auto"  # reranker inference dtype on CPU/GPU: auto | true | false
+    # Reranker dtype for evaluation: false (fp32) by default, so scores do not tie where
+    # bf16 would round them (ties then fall back to the retrieval order). bf16 is a latency
+    # optimisation, measured there with its accuracy change. auto | true | false.
+    bf16: str = "false"
+    # Candidates per leg, the same for every k (metrics monotone in k, TREC tools that cut a
+    # run at k agree). null = the blog's protocol: overfetch * k per k.
+    depth: int | None = 20
 
     def __post_init__(self) -> None:
         _choice("eval.device", self.device, ("auto", "cpu", "cuda"))
         _choice("eval.bf16", str(self.bf16).lower(), ("auto", "true", "false"))
         _check(self.bootstrap >= 0, "eval.bootstrap", self.bootstrap, "an integer >= 0")
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
+        if self.depth is not None:
+            _check(self.depth >= 1, "eval.depth", self.depth, "an integer >= 1 or null")
 
 
 @dataclass
@@ -333,6 +349,11 @@ class LatencyConfig:
         _check(self.iterations >= 1, "latency.iterations", self.iterations, "an integer >= 1")
         for d in self.devices:
             _choice("latency.devices", d, ("cpu", "cuda"))
+        # Names (and a backend's packages) are checked here, not after hours of training.
+        from rerank_sweeps.speedups import check_optimization, parse_optimization
+
+        for name in self.optimizations:
+            (check_optimization if self.enabled else parse_optimization)(name)
 
 
 @dataclass
@@ -393,6 +414,13 @@ class RunConfig:
         for k in self.top_k:
             _check(k >= 1, "top_k", k, "an integer >= 1 or a list of them")
         _check(self.overfetch >= 1, "overfetch", self.overfetch, "an integer >= 1")
+        if self.eval.depth is not None:
+            _check(
+                self.eval.depth >= max(self.top_k),
+                "eval.depth",
+                self.eval.depth,
+                f"at least the largest top_k ({max(self.top_k)}), or null for overfetch * k",
+            )
         if not self.objective:
             types = self.query_type.types
             qt = self.query_type.primary if self.query_type.primary in types else types[0]
@@ -405,6 +433,9 @@ class RunConfig:
                 self.arch.loss,
                 f"for arch={self.arch.name} choose one of {', '.join(losses)}",
             )
+        from rerank_sweeps.distill import check_teacher  # it builds a teacher's RunConfig
+
+        check_teacher(self)
         for name in self.objective:
             _check(
                 re.fullmatch(r"[^/]+/[^/]+/[^/@]+(@\d+)?|[^/]+/[^/]+/[^/]+/[^/]+", name)

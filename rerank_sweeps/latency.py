@@ -75,37 +75,71 @@ def time_pipeline(
     iterations: int,
     synchronize: Callable[[], None] | None = None,
     progress: Any = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Milliseconds per timed iteration: {"total", "retrieval", "rerank"}.
+    """Milliseconds per timed iteration of one system: {"total", "retrieval", "rerank"}.
 
-    Iteration i runs `retrieve(q)` then `rerank(q, candidates)` on q = queries[i % len]; the
-    first `warmup` iterations run the same way and are discarded. `synchronize` (e.g.
-    `torch.cuda.synchronize`) is called before and after each timed part, so queued GPU work
-    is counted where it was issued.
+    `time_systems` with a single system (see there).
+    """
+    return time_systems(
+        queries, retrieve, {"_": rerank}, warmup, iterations, synchronize, progress, clock
+    )["_"]
+
+
+def time_systems(
+    queries: Sequence[str],
+    retrieve: Callable[[str], T],
+    reranks: dict[str, Callable[[str, T], Any] | None],
+    warmup: int,
+    iterations: int,
+    synchronize: Callable[[], None] | None = None,
+    progress: Any = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, dict[str, list[float]]]:
+    """Milliseconds per timed iteration of every system: {name: {"total", "retrieval", "rerank"}}.
+
+    A system is `retrieve(q)` followed by its `rerank(q, candidates)` (None: retrieval only).
+    Every system first runs `warmup` iterations, all before any timed one, so a cold start of
+    the shared retrieval path (the embedder's first calls, LanceDB opening the table) is paid
+    before timing, by nobody in particular. Then iteration i runs every system on the same
+    q = queries[i % len], in an order rotated by i, so drifting conditions (clocks, load,
+    caches) fall on all systems alike. `synchronize` (e.g. `torch.cuda.synchronize`) is called
+    around each timed part, so queued GPU work is counted where it was issued.
     """
     if not queries:
         raise ValueError("time_pipeline needs at least one query")
     sync = synchronize or (lambda: None)
-    out: dict[str, list[float]] = {p: [] for p in PARTS}
-    for i in range(warmup + iterations):
-        query = queries[i % len(queries)]
+    names = list(reranks)
+    out: dict[str, dict[str, list[float]]] = {name: {p: [] for p in PARTS} for name in names}
+
+    def once(name: str, query: str, timed: bool) -> None:
+        rerank = reranks[name]
         sync()
-        started = time.perf_counter()
+        started = clock()
         candidates = retrieve(query)
         sync()
-        retrieved = time.perf_counter()
+        retrieved = clock()
         if rerank is not None:
             rerank(query, candidates)
             sync()
-        finished = time.perf_counter()
-        if i >= warmup:
-            out["total"].append((finished - started) * 1e3)
-            out["retrieval"].append((retrieved - started) * 1e3)
-            out["rerank"].append((finished - retrieved) * 1e3)
+        finished = clock()
+        if timed:
+            out[name]["total"].append((finished - started) * 1e3)
+            out[name]["retrieval"].append((retrieved - started) * 1e3)
+            out[name]["rerank"].append((finished - retrieved) * 1e3)
         if progress is not None:
             progress.update(1)
-    if rerank is None:
-        del out["rerank"]
+
+    for name in names:
+        for i in range(warmup):
+            once(name, queries[i % len(queries)], timed=False)
+    for i in range(iterations):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            once(name, queries[i % len(queries)], timed=True)
+    for name in names:
+        if reranks[name] is None:
+            del out[name]["rerank"]
     return out
 
 
@@ -283,7 +317,7 @@ def _accuracy(
     try:
         for qt in job["query_types"]:
             for k in job["accuracy_ks"]:
-                depth = job["overfetch"] * k
+                depth = job["depth_per_leg"][str(k)]
                 hits = [
                     ev.query_metrics(
                         ev.reranked_ranking(reranker, it, qt, depth, texts), it.relevant, k
@@ -315,6 +349,18 @@ def _system_meta(reranker: Any, optimization: str) -> dict[str, Any]:
         meta["scoring"] = "lean"
         meta["forward_batch_size"] = lean.batch_size
         meta["dtype"] = "int8-dynamic" if lean.opt.int8 else lean.opt.dtype
+        runner = getattr(lean, "runner", None)
+        if runner is not None:
+            # The forward pass runs in the backend: its export, threads and numerics.
+            meta["scoring"] = f"lean + {runner.backend}"
+            meta["dtype"] = "int8-dynamic" if runner.backend.endswith("int8") else "fp32"
+            meta["backend"] = {
+                "name": runner.backend,
+                "artifact": runner.artifact.key,
+                "exported_now": not runner.artifact.hit,
+                "threads": runner.threads,
+                **{k: v for k, v in runner.meta.items() if k not in ("backend", "arch")},
+            }
     else:
         meta["scoring"] = "reranker"
         meta["dtype"] = "bf16-autocast" if reranker.bf16 else "fp32"
@@ -374,14 +420,10 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
         desc=f"latency on {device}",
         unit="query",
     )
-    none: dict[str, Any] = {"latency": {}}
-    for n in job["candidates"]:
-        parts = time_pipeline(
-            latency_queries, retrieve_for(n), None, job["warmup"], job["iterations"], sync, bar
-        )
-        none["latency"][str(n)] = summarize_parts(parts)
-    systems[NONE] = none
-
+    # Every system is loaded first and timed interleaved with the others (time_systems), so
+    # "none" meets the same conditions as the reranked rows instead of the process's cold start.
+    systems[NONE] = {"latency": {}}
+    loaded: dict[str, Any] = {}
     for optimization in job["optimizations"]:
         name = system_name(job["arch"], optimization)
         try:
@@ -396,21 +438,23 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
         cached = reusable_eval_scores(job, optimization)
         entry["accuracy"] = _accuracy(reranker, name, accuracy_items, texts, job, cached)
         entry["accuracy_source"] = "evaluation scores (cached)" if cached else "re-scored"
-        for n in job["candidates"]:
-            parts = time_pipeline(
-                latency_queries,
-                retrieve_for(n),
-                reranker.rerank_vector,
-                job["warmup"],
-                job["iterations"],
-                sync,
-                bar,
-            )
-            entry["latency"][str(n)] = summarize_parts(parts)
+        lean = getattr(reranker, "lean", None)
+        if device.startswith("cuda") and hasattr(lean, "warm_shapes"):
+            # A GPU's first call of a new shape is slow (kernel choice, graph capture).
+            entry["warm_shapes"] = lean.warm_shapes(job["candidates"])
         entry.update(_system_meta(reranker, optimization))
         systems[name] = entry
-        del reranker
-        _release(device)
+        loaded[name] = reranker
+    for n in job["candidates"]:
+        reranks: dict[str, Any] = {NONE: None}
+        reranks.update({name: r.rerank_vector for name, r in loaded.items()})
+        timed = time_systems(
+            latency_queries, retrieve_for(n), reranks, job["warmup"], job["iterations"], sync, bar
+        )
+        for name, parts in timed.items():
+            systems[name]["latency"][str(n)] = summarize_parts(parts)
+    loaded.clear()
+    _release(device)
     bar.close()
     info["loadavg_end"] = _loadavg()
     return {
@@ -456,8 +500,10 @@ def run_device(job: dict[str, Any]) -> dict[str, Any]:
 
 def accuracy_ks(conf: RunConfig, depth: int) -> list[int]:
     """k values to report hit@k at: top_k plus flag_k, where the candidates are deep enough."""
+    from rerank_sweeps.evaluate import depth_for
+
     ks = sorted(set(conf.top_k) | {conf.latency.flag_k})
-    return [k for k in ks if conf.overfetch * k <= depth]
+    return [k for k in ks if depth_for(conf, k) <= depth]
 
 
 def flatten(devices: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -560,6 +606,7 @@ def build_job(
     `scores_art` is the evaluation's scores artifact for this model, reused for the accuracy
     of the optimisation whose numerics it matches (`reusable_eval_scores`).
     """
+    from rerank_sweeps.evaluate import depth_for as ev_depth_for
     from rerank_sweeps.rerankers import read_reranker_meta
     from rerank_sweeps.speedups import parse_optimization
 
@@ -591,6 +638,7 @@ def build_job(
         "accuracy_ks": accuracy_ks(conf, depth),
         "query_types": list(conf.query_type.types),
         "overfetch": conf.overfetch,
+        "depth_per_leg": {str(k): ev_depth_for(conf, k) for k in accuracy_ks(conf, depth)},
         "eval_scores": _eval_scores_info(scores_art),
     }
 

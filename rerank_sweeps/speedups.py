@@ -17,6 +17,14 @@ An optimisation name is one token or several joined by "+":
   `sort_batch_size`, so that short pairs are not padded to the longest one.
 - `compile`: `torch.compile` the model (dynamic shapes; sequence lengths padded to a multiple
   of 8 to bound recompilation). Its first calls are slow: the warm-up absorbs them.
+- `graphs` (cross-encoder on CUDA): every batch shape is captured once as a CUDA graph and
+  replayed, so a query costs a few launches instead of one per kernel (a 6-layer MiniLM is
+  launch-bound on a GPU). Sequence lengths are padded to a multiple of 32 so the shapes are
+  few; `warm_shapes` captures them all before timing.
+- `onnx`, `onnx-o3`, `onnx-int8`, `openvino` (CPU): the lean path with the model's forward
+  pass run by ONNX Runtime (plain, transformer-fused at optimum's O3 level, dynamic int8 with
+  the AVX512-VNNI settings) or OpenVINO, from an export cached beside the model artifact; see
+  `rerank_sweeps.backends`. One backend at most, combinable with `sort` only.
 
 Any name other than `fp32` and `autocast` implies `lean`, so `bf16+sort` = lean path, bf16
 weights, length-sorted micro-batches. `apply_optimization(reranker, ...)` installs the lean
@@ -38,9 +46,15 @@ from rerank_sweeps.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-TOKENS = ("fp32", "autocast", "lean", "bf16", "fp16", "int8", "sort", "compile")
+# Inference backends (rerank_sweeps.backends): the forward pass leaves torch.
+BACKENDS = ("onnx", "onnx-o3", "onnx-int8", "openvino")
+TOKENS = ("fp32", "autocast", "lean", "bf16", "fp16", "int8", "sort", "compile", "graphs")
+TOKENS += BACKENDS
 DTYPES = ("bf16", "fp16")
 COMPILE_PAD_MULTIPLE = 8
+# Few distinct widths keep the set of CUDA graphs (one per batch shape) small enough to capture
+# them all in the warm-up; 32 tokens of padding cost little on a GPU.
+GRAPH_PAD_MULTIPLE = 32
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,8 @@ class Optimization:
     int8: bool = False
     sort: bool = False
     compile: bool = False
+    graphs: bool = False
+    backend: str | None = None  # one of BACKENDS: the forward pass runs there, not in torch
 
     @property
     def reference(self) -> bool:
@@ -83,6 +99,12 @@ def parse_optimization(name: str) -> Optimization:
         raise ConfigError(
             f"latency.optimizations={name!r} is not allowed: choose one of bf16, fp16, int8"
         )
+    backends = [t for t in tokens if t in BACKENDS]
+    if backends and (len(backends) > 1 or set(tokens) - {backends[0], "sort"}):
+        raise ConfigError(
+            f"latency.optimizations={name!r} is not allowed: a backend "
+            f"({', '.join(BACKENDS)}) combines only with sort"
+        )
     return Optimization(
         name="+".join(tokens),
         dtype=dtypes[0] if dtypes else "fp32",
@@ -90,7 +112,25 @@ def parse_optimization(name: str) -> Optimization:
         int8="int8" in tokens,
         sort="sort" in tokens,
         compile="compile" in tokens,
+        graphs="graphs" in tokens,
+        backend=backends[0] if backends else None,
     )
+
+
+def check_optimization(name: str) -> Optimization:
+    """`parse_optimization`, plus a one-line ConfigError when a backend's packages are missing
+    (config validation: before anything trains)."""
+    opt = parse_optimization(name)
+    if opt.backend is not None:
+        from rerank_sweeps.backends import missing_packages
+
+        missing = missing_packages(opt.backend)
+        if missing:
+            raise ConfigError(
+                f"latency.optimizations={name!r} needs {', '.join(missing)}: "
+                "pip install -e '.[backends]' (make setup installs them)"
+            )
+    return opt
 
 
 def system_name(arch: str, optimization: str) -> str:
@@ -102,8 +142,14 @@ def system_name(arch: str, optimization: str) -> str:
 def unsupported_reason(opt: Optimization, device: str) -> str | None:
     """Why `opt` cannot run on `device` (a sentence), or None when it can."""
     kind = device.split(":")[0]
+    if opt.backend is not None and kind != "cpu":
+        return f"the {opt.backend} backend runs on the CPU only (ONNX Runtime / OpenVINO CPU)"
     if opt.int8 and kind != "cpu":
         return "int8 dynamic quantisation has CPU kernels only"
+    if opt.graphs and kind != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if opt.graphs and opt.compile:
+        return "graphs and compile both capture the model: choose one"
     if opt.dtype == "fp16" and kind == "cpu":
         return "fp16 is a GPU optimisation (CPU fp16 kernels are slow or missing)"
     if kind == "cuda":
@@ -210,6 +256,82 @@ class LeanCrossEncoder:
         self.batch_size = int(sort_batch_size if opt.sort else batch_size)
         self.model = transform_module(cross_encoder.model, opt, device)
         self.forward = maybe_compile(self.model, opt)
+        self.multiple = (
+            GRAPH_PAD_MULTIPLE if opt.graphs else COMPILE_PAD_MULTIPLE if opt.compile else 1
+        )
+        # (rows, width) -> (graph, static inputs, static logits); filled by _graph_logits.
+        self.graphs: dict[tuple[int, int], tuple[Any, dict[str, Any], Any]] = {}
+        self.graph_pool: Any = None
+
+    def _graph_logits(self, batch: dict[str, Any]) -> Any:
+        """Logits of `batch` by replaying the CUDA graph of its shape (captured on first use)."""
+        import torch
+
+        key = tuple(batch["input_ids"].shape)
+        if key not in self.graphs:
+            static = {k: v.clone() for k, v in batch.items()}
+            # Capture needs a warmed-up side stream (cuBLAS handles, lazy inits) first.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.model(**static, return_dict=True)
+            torch.cuda.current_stream().wait_stream(side)
+            if self.graph_pool is None:
+                self.graph_pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.graph_pool):
+                logits = self.model(**static, return_dict=True).logits
+            self.graphs[key] = (graph, static, logits)
+        graph, static, logits = self.graphs[key]
+        for k, v in batch.items():
+            static[k].copy_(v)
+        graph.replay()
+        return logits
+
+    @property
+    def max_width(self) -> int:
+        """The widest padded batch: max_length padded, never past the model's position table."""
+        positions = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return min(_pad_width(self.max_length, self.multiple), int(positions or 10**9))
+
+    def chunk_sizes(self, n: int) -> list[int]:
+        """The distinct batch row counts that scoring `n` pairs produces."""
+        return sorted({len(idx) for idx in chunks(np.zeros(n), self.batch_size, self.opt.sort)})
+
+    def warm_shapes(self, counts: Sequence[int]) -> int:
+        """Run (and for `graphs`, capture) every batch shape that scoring `counts` pairs can
+        produce, so no timed call meets a new shape; returns how many shapes were run.
+
+        Widths are every padded width up to `max_length` (every width when nothing pads);
+        rows the chunk sizes of each count. Timings after this meet only shapes that have
+        already run once (cuBLAS heuristics, allocator blocks and graphs included). Meant for
+        GPUs, where a new shape costs a visible first call.
+        """
+        import torch
+
+        sample = self.tokenizer(["q"], ["t"], return_tensors="pt")
+        step = max(self.multiple, 1)
+        widths = sorted(set(range(step, self.max_width + 1, step)) | {self.max_width})
+        rows = sorted({r for n in counts for r in self.chunk_sizes(int(n))})
+        with torch.inference_mode():
+            for r in rows:
+                for w in widths:
+                    batch = {
+                        k: torch.zeros((r, w), dtype=v.dtype, device=self.device)
+                        for k, v in sample.items()
+                    }
+                    batch["attention_mask"] += 1
+                    batch["input_ids"] += int(self.tokenizer.cls_token_id or 0)
+                    self._logits(batch)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return len(rows) * len(widths)
+
+    def _logits(self, batch: dict[str, Any]) -> Any:
+        if self.opt.graphs:
+            return self._graph_logits(batch)
+        return self.forward(**batch, return_dict=True).logits
 
     def __call__(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         """Scores of the pairs (queries[i], texts[i]) as float32."""
@@ -227,17 +349,26 @@ class LeanCrossEncoder:
             return_tensors="pt",
         )
         lengths = enc["attention_mask"].sum(dim=1).numpy()
+        # Room for every padded width (the tokenizer refuses to pad past its truncation length
+        # to a multiple); the extra columns are pad tokens under a zero attention mask.
+        full = min(_pad_width(enc["input_ids"].shape[1], self.multiple), self.max_width)
+        if full > enc["input_ids"].shape[1]:
+            extra = full - enc["input_ids"].shape[1]
+            pad_id = int(self.tokenizer.pad_token_id or 0)
+            enc = {
+                k: torch.nn.functional.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0)
+                for k, v in enc.items()
+            }
         enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
-        multiple = COMPILE_PAD_MULTIPLE if self.opt.compile else 1
         out = torch.empty(len(queries), dtype=torch.float32)
         with torch.inference_mode():
             for idx in chunks(lengths, self.batch_size, self.opt.sort):
                 width = min(
-                    _pad_width(int(lengths[idx].max()), multiple), enc["input_ids"].shape[1]
+                    _pad_width(int(lengths[idx].max()), self.multiple), enc["input_ids"].shape[1]
                 )
                 rows = torch.as_tensor(idx, device=self.device)
                 batch = {k: v.index_select(0, rows)[:, :width] for k, v in enc.items()}
-                logits = self.forward(**batch, return_dict=True).logits.float()
+                logits = self._logits(batch).float()
                 if logits.shape[-1] == 1:
                     scores = logits[:, 0]
                 else:  # same convention as rerankers.CrossEncoderReranker
@@ -335,12 +466,15 @@ def apply_optimization(
     *,
     batch_size: int | None = None,
     sort_batch_size: int = 16,
+    cache: Any = None,
 ) -> Any:
     """Install `optimization` on a loaded `rerankers.ModelReranker` (in place) and return it.
 
     The reranker must have been loaded with bf16=False. fp32 leaves it untouched; autocast
     switches on its own bf16 autocast; everything else replaces its `_score_pairs` with a lean
-    scorer (`reranker.lean`) built around the reranker's own model object.
+    scorer (`reranker.lean`) built around the reranker's own model object. For a backend the
+    lean scorer's forward pass is the backend's runner (`reranker.lean.runner`), exported into
+    `cache` (a `cache.Cache`; default: the cache holding the model artifact) on first use.
     """
     opt = (
         optimization if isinstance(optimization, Optimization) else parse_optimization(optimization)
@@ -362,10 +496,24 @@ def apply_optimization(
     batch = int(batch_size or reranker.batch_size)
     if arch == "ce":
         lean: Any = LeanCrossEncoder(reranker.model, reranker.device, opt, batch, sort_batch_size)
+    elif arch == "colbert" and opt.graphs:
+        raise ConfigError(
+            f"latency.optimizations={opt.name!r}: CUDA graphs are implemented for the "
+            "cross-encoder only (ColBERT's PyLate forward is not captured)"
+        )
     elif arch == "colbert":
         lean = LeanColBERT(reranker.model, reranker.device, opt, batch, sort_batch_size)
     else:
         raise ConfigError(f"latency.optimizations={opt.name!r}: no lean path for arch {arch!r}")
+    if opt.backend is not None:
+        from rerank_sweeps.backends import load_runner
+
+        runner = load_runner(
+            reranker.model, arch, reranker.model_dir.parent, opt.backend, cache=cache
+        )
+        # Tokenising, batching, sorting and the score conventions stay the lean scorer's.
+        lean.forward = runner.hf_forward if arch == "ce" else runner.st_forward
+        lean.runner = runner
     reranker.lean = lean
     # An instance attribute shadows the class method: score_pairs -> _score_pairs -> lean.
     reranker._score_pairs = lean

@@ -75,6 +75,108 @@ def test_harness_without_reranker_and_with_synchronize():
         latency.time_pipeline([], lambda q: q, None, 0, 1)
 
 
+class FakeClock:
+    """A clock that only moves when the code under test says work was done."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def spend(self, ms: float) -> None:
+        self.now += ms / 1e3
+
+
+def test_systems_are_timed_interleaved_after_every_warm_up():
+    """A cold retrieval path (first calls slow) must not land in the "none" row: the old order
+    timed "none" first and reported it slower than the reranked rows built on it."""
+    clock = FakeClock()
+    calls: list[tuple[str, str]] = []
+    state = {"retrievals": 0, "current": ""}
+
+    def retrieve(query: str) -> str:
+        state["retrievals"] += 1
+        clock.spend(500.0 if state["retrievals"] <= 4 else 10.0)  # cold for 4 calls
+        calls.append((state["current"] or "none", query))
+        return query
+
+    def reranker(name: str, cost: float):
+        def rerank(query: str, candidates: str) -> None:
+            clock.spend(cost)
+            calls[-1] = (name, query)
+
+        return rerank
+
+    out = latency.time_systems(
+        ["a", "b"],
+        retrieve,
+        {"none": None, "ce": reranker("ce", 5.0), "ce+bf16": reranker("ce+bf16", 3.0)},
+        warmup=2,
+        iterations=6,
+        clock=clock,
+    )
+    # 2 warm-up calls per system (6, covering the 4 cold ones), then 6 rounds of 3 systems.
+    assert len(calls) == 6 + 18
+    rounds = [calls[6 + 3 * i : 9 + 3 * i] for i in range(6)]
+    for i, round_ in enumerate(rounds):
+        assert {q for _, q in round_} == {"ab"[i % 2]}  # every system on the same query
+    firsts = [round_[0][0] for round_ in rounds]
+    assert firsts == ["none", "ce", "ce+bf16"] * 2  # the order rotates
+    stats = {name: latency.summarize_parts(parts) for name, parts in out.items()}
+    assert stats["none"]["p50_ms"] == pytest.approx(10.0)
+    assert stats["ce"]["p50_ms"] == pytest.approx(15.0)
+    assert stats["ce+bf16"]["rerank_p50_ms"] == pytest.approx(3.0)
+    for name in ("ce", "ce+bf16"):
+        assert stats[name]["p50_ms"] >= stats["none"]["p50_ms"]
+    assert "rerank" not in out["none"]
+
+
+def test_graphs_token_needs_cuda_and_the_cross_encoder(tiny_models):
+    opt = speedups.parse_optimization("bf16+graphs")
+    assert opt.graphs and opt.dtype == "bf16"
+    assert "CUDA" in speedups.unsupported_reason(opt, "cpu")
+    assert speedups.unsupported_reason(speedups.parse_optimization("graphs+compile"), "cuda")
+    with pytest.raises(ConfigError, match="cannot run on cpu"):
+        speedups.apply_optimization(load_reranker(tiny_models["ce"], "cpu", False, 8), "graphs")
+
+
+def test_padded_widths_score_alike_and_warm_every_shape(tiny_models):
+    """Padding to a multiple (what `graphs` does on a GPU) leaves the scores unchanged, and
+    `warm_shapes` runs each (rows, width) a call of those counts can produce."""
+    reference = load_reranker(tiny_models["ce"], "cpu", False, 64)
+    expected = reference.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS)
+    fast = speedups.apply_optimization(
+        load_reranker(tiny_models["ce"], "cpu", False, 64), "sort", sort_batch_size=5
+    )
+    fast.lean.multiple = 32
+    np.testing.assert_allclose(
+        fast.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS), expected, rtol=1e-4, atol=1e-5
+    )
+    assert fast.lean.chunk_sizes(12) == [2, 5]
+    assert fast.lean.chunk_sizes(20) == [5]
+    seen: list[tuple[int, ...]] = []
+    fast.lean._logits = lambda batch: seen.append(tuple(batch["input_ids"].shape))
+    widths = list(range(32, speedups._pad_width(fast.lean.max_length, 32) + 1, 32))
+    assert fast.lean.warm_shapes([12, 20]) == 2 * len(widths)
+    assert sorted(seen) == sorted((r, w) for r in (2, 5) for w in widths)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["graphs", "bf16+graphs"])
+def test_cuda_graphs_score_like_eager(tiny_models, name):
+    reference = load_reranker(tiny_models["ce"], "cuda", False, 64)
+    expected = reference.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS)
+    fast = speedups.apply_optimization(load_reranker(tiny_models["ce"], "cuda", False, 64), name)
+    assert fast.lean.warm_shapes([len(expected)]) >= 1
+    captured = len(fast.lean.graphs)
+    got = fast.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS)
+    assert len(fast.lean.graphs) == captured  # the timed call met no new shape
+    assert np.corrcoef(got, expected)[0, 1] >= 0.99
+    if name == "graphs":
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
 def test_summarize_hand_checked():
     stats = latency.summarize(list(range(1, 11)))  # 1..10 ms
     # numpy linear interpolation: position (n-1)*q = 9*q
@@ -333,7 +435,12 @@ def test_eval_scores_reused_only_for_the_same_numerics(
 
 
 def test_bad_optimisation_fails_before_measuring(tmp_path):
-    conf = validate(compose_config(["experiment=tiny", "latency.optimizations=[fp8]"]))
+    # Config validation refuses it in one line (tests/test_backends.py); a config changed after
+    # validation is still refused before any device is measured.
+    with pytest.raises(ConfigError, match="fp8"):
+        validate(compose_config(["experiment=tiny", "latency.optimizations=[fp8]"]))
+    conf = validate(compose_config(["experiment=tiny"]))
+    conf.latency.optimizations = ["fp8"]
     art = type("A", (), {"path": Path(tmp_path), "key": "k"})()
     with pytest.raises(ConfigError, match="fp8"):
         latency.build_job(conf, art, art, art, art)
