@@ -881,7 +881,9 @@ def build_page(
         command,
         "```",
         "",
-        "`make results` runs these commands, in this order.",
+        "These are the commands that produced the runs below (read from their records). "
+        "`make results` runs the full set on both bases: `experiment=cpu_grid`, "
+        "`cpu_epochs` and `cpu_negatives`, then this page.",
         "",
         f"Data: {sizes}. {candidate_depth_text(records)} hit@k counts a query as hit when one of "
         "its relevant answers is in the top k. Intervals are 95%: Wilson for hit rates; for a "

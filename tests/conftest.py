@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,3 +36,33 @@ def compose_config(overrides: list[str]):
 
     with initialize_config_module("rerank_sweeps.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Untrained tiny-BERT cross-encoder and ColBERT model artifacts, in one cache."""
+    from rerank_sweeps import train
+    from rerank_sweeps.cache import Cache
+    from rerank_sweeps.config import validate
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    arts = {}
+    for arch in ("ce", "colbert"):
+        conf = validate(compose_config(["experiment=tiny", f"paths.root={root}", f"arch={arch}"]))
+        arts[arch] = train.untrained_stage(conf, Cache(conf.paths.cache)).path
+    return arts
+
+
+def write_negatives(folder: Path, train_rows: list[Any], dev_rows: list[Any]) -> Any:
+    """A negatives artifact in the data stage's format (train.jsonl, dev.jsonl) from NTuples."""
+    from rerank_sweeps.cache import Artifact
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train_rows), ("dev", dev_rows)):
+        lines = [
+            json.dumps({"question": r.question, "positive": r.positive, "negatives": r.negatives})
+            for r in rows
+        ]
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    key = hashlib.sha256((folder / "train.jsonl").read_bytes()).hexdigest()[:20]
+    return Artifact("negatives", key, folder, hit=True)

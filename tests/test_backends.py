@@ -33,19 +33,6 @@ EXACT = {"onnx", "openvino"}
 MIN_PEARSON = 0.99
 
 
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory):
-    """Untrained tiny-BERT cross-encoder and ColBERT model artifacts, in one cache."""
-    from rerank_sweeps import train
-
-    root = tmp_path_factory.mktemp("backends")
-    arts = {}
-    for arch in ("ce", "colbert"):
-        conf = validate(compose_config(["experiment=tiny", f"paths.root={root}", f"arch={arch}"]))
-        arts[arch] = train.untrained_stage(conf, Cache(conf.paths.cache)).path
-    return arts
-
-
 def _torch_forward_forbidden(reranker) -> None:
     """Make any forward pass of the torch model fail: the backend must do the work."""
 
@@ -58,10 +45,10 @@ def _torch_forward_forbidden(reranker) -> None:
 
 @pytest.mark.parametrize("arch", ["ce", "colbert"])
 @pytest.mark.parametrize("name", ["onnx", "onnx-o3", "onnx-int8", "openvino", "onnx-int8+sort"])
-def test_backend_scores_correlate_with_fp32(tiny_artifacts, arch, name):
-    expected = load_reranker(tiny_artifacts[arch], "cpu", False, 64).score_pairs(QUERIES, TEXTS)
+def test_backend_scores_correlate_with_fp32(tiny_models, arch, name):
+    expected = load_reranker(tiny_models[arch], "cpu", False, 64).score_pairs(QUERIES, TEXTS)
     fast = speedups.apply_optimization(
-        load_reranker(tiny_artifacts[arch], "cpu", False, 64), name, sort_batch_size=4
+        load_reranker(tiny_models[arch], "cpu", False, 64), name, sort_batch_size=4
     )
     _torch_forward_forbidden(fast)
     got = fast.score_pairs(QUERIES, TEXTS)
@@ -93,9 +80,9 @@ def test_backend_scores_correlate_with_fp32(tiny_artifacts, arch, name):
     assert latency.reusable_eval_scores(job, name) is None
 
 
-def test_export_is_a_cached_artifact_reused_on_the_next_call(tiny_artifacts, tmp_path, monkeypatch):
+def test_export_is_a_cached_artifact_reused_on_the_next_call(tiny_models, tmp_path, monkeypatch):
     cache = Cache(tmp_path / "cache")
-    model_dir = tiny_artifacts["ce"]
+    model_dir = tiny_models["ce"]
 
     def runner(name: str):
         reranker = speedups.apply_optimization(
@@ -165,12 +152,12 @@ def test_missing_backend_packages_fail_validation_in_one_line(monkeypatch):
     assert validate(compose_config(["experiment=tiny", "latency.optimizations=[onnx+sort]"]))
 
 
-def test_backends_refuse_a_gpu_in_one_line(tiny_artifacts):
+def test_backends_refuse_a_gpu_in_one_line(tiny_models):
     opt = speedups.parse_optimization("onnx-o3+sort")
     assert (opt.backend, opt.sort, opt.dtype, opt.int8) == ("onnx-o3", True, "fp32", False)
     assert "CPU" in speedups.unsupported_reason(opt, "cuda:0")
     assert speedups.unsupported_reason(opt, "cpu") is None
-    reranker = load_reranker(tiny_artifacts["ce"], "cpu", False, 8)
+    reranker = load_reranker(tiny_models["ce"], "cpu", False, 8)
     reranker.device = "cuda"  # as loaded on a GPU machine (nothing is moved: it fails first)
     with pytest.raises(ConfigError, match="cannot run on cuda: the onnx backend runs on the CPU"):
         speedups.apply_optimization(reranker, "onnx")

@@ -8,17 +8,16 @@ model learns in a few dozen steps. Torch runs on one thread (a shared 2-core mac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import compose_config, write_negatives
 
 from rerank_sweeps import train
-from rerank_sweeps.cache import Artifact, Cache
+from rerank_sweeps.cache import Cache
 from rerank_sweeps.config import ConfigError, RunConfig, validate
 from rerank_sweeps.data import NTuple
 from rerank_sweeps.distill import (
@@ -68,19 +67,6 @@ def toy_tuples(seed: int = 0, num: int = 24, negatives: int = 3) -> list[NTuple]
         )
         for noun in nouns
     ]
-
-
-def write_negatives(folder: Path, rows: list[NTuple], dev_rows: list[NTuple]) -> Artifact:
-    """A negatives artifact in the data stage's format (train.jsonl, dev.jsonl)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train", rows), ("dev", dev_rows)):
-        lines = [
-            json.dumps({"question": r.question, "positive": r.positive, "negatives": r.negatives})
-            for r in part
-        ]
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    key = hashlib.sha256((folder / "train.jsonl").read_bytes()).hexdigest()[:20]
-    return Artifact("negatives", key, folder, hit=True)
 
 
 def toy_conf(root: Path, arch: str, *extra: str) -> RunConfig:

@@ -219,19 +219,6 @@ def test_cuda_paths_skip_cleanly_without_gpu(monkeypatch, caplog):
 # -- the switch changes the model actually used (tiny real models) -------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """Untrained tiny-BERT cross-encoder and ColBERT model artifacts."""
-    from rerank_sweeps import train
-
-    root = tmp_path_factory.mktemp("tiny_models")
-    arts = {}
-    for arch in ("ce", "colbert"):
-        conf = validate(compose_config(["experiment=tiny", f"paths.root={root}", f"arch={arch}"]))
-        arts[arch] = train.untrained_stage(conf, Cache(conf.paths.cache)).path
-    return arts
-
-
 QUERIES = ["what does bank mean", "what does bank mean", "a red apple"]
 TEXTS = ["the side of a river", "a place that keeps money safe", "a fruit of the apple tree"]
 # A longer batch to exercise length sorting and several micro-batches.

@@ -8,7 +8,6 @@ tiny steps 10x slower (busy-waiting against other processes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, write_negatives
 
 from rerank_sweeps import train
 from rerank_sweeps.cache import Artifact, Cache
@@ -73,19 +72,6 @@ def toy_tuples(seed: int = 0, num_train: int = 32, num_dev: int = 12, negatives:
         return out
 
     return rows(train_nouns), rows(dev_nouns)
-
-
-def write_negatives(folder: Path, train_rows, dev_rows) -> Artifact:
-    """A negatives artifact in the data stage's format (train.jsonl, dev.jsonl)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train_rows), ("dev", dev_rows)):
-        lines = [
-            json.dumps({"question": r.question, "positive": r.positive, "negatives": r.negatives})
-            for r in rows
-        ]
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    key = hashlib.sha256((folder / "train.jsonl").read_bytes()).hexdigest()[:20]
-    return Artifact("negatives", key, folder, hit=True)
 
 
 def toy_conf(root: Path, arch: str, base: str, *extra: str) -> RunConfig:
