@@ -66,3 +66,14 @@ def write_negatives(folder: Path, train_rows: list[Any], dev_rows: list[Any]) ->
         (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     key = hashlib.sha256((folder / "train.jsonl").read_bytes()).hexdigest()[:20]
     return Artifact("negatives", key, folder, hit=True)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Training tests on one torch thread: faster on 2 cores, and the same numbers every run."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

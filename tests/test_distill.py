@@ -41,14 +41,19 @@ TINY_COLBERT = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+def miner_teacher_conf(tmp_path: Path) -> RunConfig:
+    """A CE distilled (margin_mse) from the miner's cosines, the tiny ModernBERT as miner."""
+    return toy_conf(
+        tmp_path,
+        "ce",
+        "arch.loss=margin_mse",
+        "arch.teacher=miner",
+        "mining.source=model",
+        "mining.model_id=tiny-random/modernbert",
+    )
 
 
 def toy_tuples(seed: int = 0, num: int = 24, negatives: int = 3) -> list[NTuple]:
@@ -227,14 +232,7 @@ def test_teacher_scores_of_a_directory_are_its_scores_cached_once(tmp_path, ce_t
     # Other mined tuples, or another teacher, are other scores.
     other_neg = write_negatives(tmp_path / "neg2", toy_tuples(seed=1), [])
     assert teacher_scores_stage(conf, Cache(conf.paths.cache), neg, other_neg).key != first.key
-    miner = toy_conf(
-        tmp_path,
-        "ce",
-        "arch.loss=margin_mse",
-        "arch.teacher=miner",
-        "mining.source=model",
-        "mining.model_id=tiny-random/modernbert",
-    )
+    miner = miner_teacher_conf(tmp_path)
     miner_art = teacher_scores_stage(miner, Cache(conf.paths.cache), neg, neg)
     assert miner_art.key != first.key
 
@@ -246,14 +244,7 @@ def test_miner_teacher_scores_are_the_miners_cosine_similarities(tmp_path):
 
     rows = toy_tuples(num=6)
     neg = write_negatives(tmp_path / "neg", rows, [])
-    conf = toy_conf(
-        tmp_path,
-        "ce",
-        "arch.loss=margin_mse",
-        "arch.teacher=miner",
-        "mining.source=model",
-        "mining.model_id=tiny-random/modernbert",
-    )
+    conf = miner_teacher_conf(tmp_path)
     art = teacher_scores_stage(conf, Cache(conf.paths.cache), neg, neg)
     scores = load_teacher_scores(art, rows).scores
     miner = SentenceTransformer(resolve_model("tiny-random/modernbert"), device="cpu")

@@ -40,14 +40,7 @@ COLOURS = "red green blue yellow black white brown purple pink gray".split()
 SIZES = "big small large little long short high low old new young hot cold warm".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_tuples(seed: int = 0, num_train: int = 32, num_dev: int = 12, negatives: int = 3):
