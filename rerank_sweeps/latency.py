@@ -606,7 +606,7 @@ def build_job(
     `scores_art` is the evaluation's scores artifact for this model, reused for the accuracy
     of the optimisation whose numerics it matches (`reusable_eval_scores`).
     """
-    from rerank_sweeps.evaluate import depth_for as ev_depth_for
+    from rerank_sweeps.evaluate import depth_for
     from rerank_sweeps.rerankers import read_reranker_meta
     from rerank_sweeps.speedups import parse_optimization
 
@@ -616,6 +616,7 @@ def build_job(
         opts.insert(0, "fp32")  # the reference every gain and accuracy change is measured against
     meta = read_reranker_meta(model_art.path)
     depth = json.loads((cand_art.path / "stats.json").read_text())["depth"]
+    ks = accuracy_ks(conf, depth)
     return {
         # Absolute: the measuring process must not depend on the working directory.
         "split": str(Path(split_art.path).resolve()),
@@ -635,10 +636,10 @@ def build_job(
         "batch_size": lat.batch_size,
         "sort_batch_size": lat.sort_batch_size,
         "accuracy_queries": lat.accuracy_queries,
-        "accuracy_ks": accuracy_ks(conf, depth),
+        "accuracy_ks": ks,
         "query_types": list(conf.query_type.types),
-        "overfetch": conf.overfetch,
-        "depth_per_leg": {str(k): ev_depth_for(conf, k) for k in accuracy_ks(conf, depth)},
+        # Candidates per leg for each k, as the evaluation reranks them (eval.depth rule).
+        "depth_per_leg": {str(k): depth_for(conf, k) for k in ks},
         "eval_scores": _eval_scores_info(scores_art),
     }
 
