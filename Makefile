@@ -26,12 +26,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import pylate, rerank_sweeps" 
 	touch $(STAMP)
 
-# Debian packages: wordnet-base (WordNet 3.0, the offline default data set) and postgresql
-# (the multi-worker Optuna test starts its own server on loopback). Installed where apt-get
+# Debian packages: wordnet-base (WordNet 3.0, the offline default data set), postgresql
+# (the multi-worker Optuna test starts its own server on loopback) and chromium with its
+# driver (the report.html test opens the page in a headless browser). Installed where apt-get
 # runs as root; elsewhere set data.path=DIR for WordNet, and the PostgreSQL test is skipped.
-SYSTEM_PACKAGES := wordnet-base postgresql
+SYSTEM_PACKAGES := wordnet-base postgresql chromium chromium-driver
 system-packages:
-	@if [ -f /usr/share/wordnet/data.noun ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	@if [ -f /usr/share/wordnet/data.noun ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	else echo "note: could not install $(SYSTEM_PACKAGES) (needs apt-get as root); see README"; fi

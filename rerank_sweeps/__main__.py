@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -128,8 +128,10 @@ def hydra_main(cfg: DictConfig) -> float | tuple[float, ...]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from rerank_sweeps import console
     from rerank_sweeps.pipeline import run
 
+    console.quiet_libraries()
     conf = validate(cfg)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -147,10 +149,7 @@ def hydra_main(cfg: DictConfig) -> float | tuple[float, ...]:
             log.exception("job failed")
             return _failed_objective(len(conf.objective))
         raise
-    for name, value in zip(conf.objective, result.objective, strict=True):
-        log.info("objective %s = %s", name, "nan" if math.isnan(value) else f"{value:.4f}")
-    hits = ", ".join(sorted(result.cache_hits)) or "none"
-    log.info("cache hits: %s; run dir: %s", hits, result.run_dir)
+    # The run's closing summary (pipeline.run) has printed the objective and the run dir.
     return result.objective[0] if len(result.objective) == 1 else tuple(result.objective)
 
 
@@ -166,6 +165,12 @@ def _failed_objective(n: int) -> float | tuple[float, ...]:
 
 def main() -> None:
     """Console entry point."""
+    from rerank_sweeps import console
+
+    sys.argv[1:] = console.take_verbose_flag(sys.argv[1:])
+    if any(a.startswith("hydra.verbose=") and a != "hydra.verbose=false" for a in sys.argv[1:]):
+        os.environ[console.VERBOSE_ENV] = "1"
+    console.prepare_environment()
     error = preflight(sys.argv[1:])
     if error is not None:
         print(f"error: {mask_secrets(error)}", file=sys.stderr)

@@ -402,6 +402,8 @@ class RunConfig:
     def _objective_problem(self, name: str) -> str | None:
         """Why an objective key names nothing this run measures: checked before any job
         starts, so a typo never runs to the end and reports NaN."""
+        if name.startswith("dev/"):
+            return _objective_dev_problem(self, name)
         if name.count("/") == 2:
             return _objective_metric_problem(self, name)
         return _objective_latency_problem(self, name)
@@ -438,11 +440,12 @@ class RunConfig:
         check_teacher(self)
         for name in self.objective:
             _check(
-                re.fullmatch(r"[^/]+/[^/]+/[^/@]+(@\d+)?|[^/]+/[^/]+/[^/]+/[^/]+", name)
+                re.fullmatch(r"dev/[^/]+|[^/]+/[^/]+/[^/@]+(@\d+)?|[^/]+/[^/]+/[^/]+/[^/]+", name)
                 is not None,
                 "objective",
                 name,
-                'a metric key like "hybrid/reranked/hit@5" or a latency key like "cpu/ce/20/p50_ms"',
+                'a metric key like "hybrid/reranked/hit@5", a dev key like "dev/ndcg@10" or a '
+                'latency key like "cpu/ce/20/p50_ms"',
             )
         for name in self.objective:
             problem = self._objective_problem(name)
@@ -490,6 +493,29 @@ def _objective_metric_problem(conf: RunConfig, name: str) -> str | None:
         return f"metric {metric!r} is not one of hit, mrr, ndcg"
     if not k.isdigit() or int(k) not in conf.top_k:
         return f"k={k or '(none)'} is not in top_k={conf.top_k}"
+    return None
+
+
+def _objective_dev_problem(conf: RunConfig, name: str) -> str | None:
+    """Why `dev/<metric>` names nothing the dev evaluation measures (None: it does).
+
+    The dev keys are those of record.json's `dev`: `ndcg@10` (the mean over dev.query_types,
+    which picks the checkpoint) or `<type>_<hit|mrr|ndcg>@<5|10>`; a study that optimises one
+    of them never looks at the eval set.
+    """
+    from rerank_sweeps.devsignal import DEV_KS, PRIMARY
+
+    key = name.removeprefix("dev/")
+    allowed = [PRIMARY] + [
+        f"{qt}_{m}@{k}"
+        for qt in conf.dev.query_types
+        for m in ("hit", "mrr", "ndcg")
+        for k in DEV_KS
+    ]
+    if conf.epochs == 0:
+        return "a dev key, but epochs=0 trains nothing to evaluate on dev"
+    if key not in allowed:
+        return f"{key!r} is not a dev metric: choose one of {', '.join(allowed[:4])}, ..."
     return None
 
 

@@ -215,10 +215,9 @@ def gate(reranked: dict[str, float], first_stage: dict[str, float]) -> dict[str,
 def gate_message(dev_gate: dict[str, Any]) -> str:
     """The one console line of a failed gate."""
     return (
-        f"dev gate: the trained reranker does not beat the first stage on dev "
-        f"({dev_gate['metric']}: {dev_gate['reranked']:.4f} <= {dev_gate['first_stage']:.4f}); "
-        "its eval numbers are reported, but do not deploy it as is (try rerank.fusion, more data "
-        "or another recipe)"
+        f"dev gate FAILED: the reranker does not beat the first stage on dev (ndcg@10 "
+        f"{dev_gate['reranked']:.3f} <= {dev_gate['first_stage']:.3f}); do not deploy it as is "
+        "(try rerank.fusion, more data or another recipe)"
     )
 
 

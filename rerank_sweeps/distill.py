@@ -370,10 +370,10 @@ def score_tuples(
     rows: Sequence[NTuple], score: Callable[[list[str], list[str]], list[float]]
 ) -> list[list[float]]:
     """[positive, *negatives] scores of every tuple, in chunks, with a progress bar."""
-    from tqdm.auto import tqdm
+    from rerank_sweeps.console import progress
 
     out: list[list[float]] = []
-    with tqdm(total=len(rows), desc="teacher scores", unit="question") as bar:
+    with progress(total=len(rows), desc="teacher scores", unit="question") as bar:
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             queries = [t.question for t in chunk for _ in range(1 + len(t.negatives))]

@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import RunConfig, UserError
+from rerank_sweeps.console import progress
 from rerank_sweeps.fusion import RRF_K, rrf_scores
 from rerank_sweeps.index import (
     embed,
@@ -143,7 +143,9 @@ def fts_search(
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(
-            tqdm(pool.map(one, questions), total=len(questions), desc="FTS search", unit="query")
+            progress(
+                pool.map(one, questions), total=len(questions), desc="FTS search", unit="query"
+            )
         )
 
 
@@ -855,5 +857,6 @@ def evaluate(
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown_tables(results, types, system_names, ks)
     (run_dir / "table.md").write_text(table + "\n")
-    print(table, flush=True)
+    # The full tables are wider than a terminal: the run's closing summary shows the headline.
+    log.info("evaluation: %d queries, tables in %s", len(items), run_dir / "table.md")
     return results

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import RunConfig, UserError
+from rerank_sweeps.console import progress
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def embed(model: Any, texts: Sequence[str], batch_size: int, desc: str) -> np.nd
     # Chunks larger than a batch keep sentence-transformers' length sorting effective while
     # our bar shows progress over the whole list.
     step = max(batch_size * 16, 1)
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not desc) as bar:
+    with progress(total=len(texts), desc=desc, unit="text", disable=not desc) as bar:
         for start in range(0, len(texts), step):
             chunk = list(texts[start : start + step])
             vecs = model.encode(
@@ -132,7 +132,7 @@ def write_table(db_dir: Path, ids: Sequence[str], texts: Sequence[str], vectors:
     dim = int(vectors.shape[1])
     db = lancedb.connect(str(db_dir))
     table = db.create_table(TABLE_NAME, schema=_table_schema(dim))
-    with tqdm(total=len(ids), desc="ingest into LanceDB", unit="row") as bar:
+    with progress(total=len(ids), desc="ingest into LanceDB", unit="row") as bar:
         for part in _chunks(len(ids), INGEST_CHUNK):
             flat = pa.array(np.ascontiguousarray(vectors[part]).ravel(), type=pa.float32())
             batch = pa.table(
@@ -190,7 +190,9 @@ def vector_search(
     results: list[dict[str, list]] = [
         {"ids": [], "rowids": [], "distances": []} for _ in range(len(queries))
     ]
-    bar = tqdm(total=len(queries), desc=desc or "vector search", unit="query", disable=desc == "")
+    bar = progress(
+        total=len(queries), desc=desc or "vector search", unit="query", disable=desc == ""
+    )
     for part in _chunks(len(queries), batch_size):
         batch = np.ascontiguousarray(queries[part], dtype=np.float32)
         # A single vector is a plain query (no query_index column): keep the batch shape.

@@ -294,7 +294,7 @@ def _accuracy(
 
     if not items:
         return {}
-    from tqdm.auto import tqdm
+    from rerank_sweeps.console import progress
 
     pairs = ev.unique_pairs(items, texts)
     if cached_scores is not None:
@@ -306,7 +306,7 @@ def _accuracy(
         # Chunks of queries, so the bar moves; score_items keeps each chunk in one batched pass.
         scores: list[np.ndarray] = []
         desc = f"re-score eval candidates ({system})"
-        with tqdm(total=len(items), desc=desc, unit="query") as bar:
+        with progress(total=len(items), desc=desc, unit="query") as bar:
             for start in range(0, len(items), ACCURACY_CHUNK):
                 chunk = items[start : start + ACCURACY_CHUNK]
                 scores.extend(ev.score_items(reranker, chunk, texts, system))
@@ -370,9 +370,9 @@ def _system_meta(reranker: Any, optimization: str) -> dict[str, Any]:
 def measure_device(job: dict[str, Any]) -> dict[str, Any]:
     """Every system's latency and accuracy on `job["device"]` (run inside a fresh process)."""
     import torch
-    from tqdm.auto import tqdm
 
     from rerank_sweeps import evaluate as ev
+    from rerank_sweeps.console import progress
     from rerank_sweeps.index import has_ann_index, load_embedder, open_table, read_corpus
     from rerank_sweeps.rerankers import load_reranker
     from rerank_sweeps.speedups import apply_optimization, system_name
@@ -415,7 +415,7 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
     systems: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     runs_per_system = len(job["candidates"]) * (job["warmup"] + job["iterations"])
-    bar = tqdm(
+    bar = progress(
         total=runs_per_system * (1 + len(job["optimizations"])),
         desc=f"latency on {device}",
         unit="query",
@@ -468,7 +468,10 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
 def _child_main(argv: Sequence[str]) -> int:
     """`python -m rerank_sweeps.latency JOB OUT`: measure one device, write OUT (JSON)."""
     job_path, out_path = Path(argv[0]), Path(argv[1])
+    from rerank_sweeps.console import quiet_libraries
+
     logging.basicConfig(level=logging.INFO, format="[latency child] %(message)s")
+    quiet_libraries()
     job = json.loads(job_path.read_text())
     try:
         result = measure_device(job)
@@ -715,7 +718,9 @@ def latency_stage(
     (run_dir / "latency.json").write_text(json.dumps(report, indent=2))
     table = markdown_table(report)
     (run_dir / "latency.md").write_text(table)
-    print(table, flush=True)
+    from rerank_sweeps.console import latency_summary
+
+    print(latency_summary(flat), flush=True)
     return flat
 
 

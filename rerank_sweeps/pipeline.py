@@ -101,7 +101,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
             stage_seconds=finished.get("stage_seconds", {}),
         )
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    job = tracking.hydra_job_info()
+    job = tracking.hydra_job_info(conf.experiment)
     record = tracking.RunRecord(run_dir, conf, config, job)
     tracker = tracking.WandbTracker(conf, config, job, run_dir)
     cache = Cache(conf.paths.cache)
@@ -109,8 +109,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
     try:
         result = _run_stages(conf, cache, timer, run_dir)
     except BaseException as err:
-        record.fail(err, **_progress(cache, timer))
-        tracker.finish(exit_code=1)
+        try:
+            record.fail(err, **_progress(cache, timer))
+        finally:  # the W&B run is closed even when recording the failure fails
+            tracker.finish(exit_code=1, error=err)
         raise
     fields = {
         **_progress(cache, timer),
@@ -122,14 +124,40 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         "fingerprints": {name: art.key for name, art in result.artifacts.items()},
         **_dev_fields(result.artifacts.get("model")),
     }
+    if "model" in result.artifacts:
+        fields["model_dir"] = str(link_model(run_dir, result.artifacts["model"].path / "model"))
+        fields["model_cache_dir"] = str(result.artifacts["model"].path / "model")
     record.complete(**fields)
     tracker.log_results(record.data)
     if conf.logger.log_model and "model" in result.artifacts:
         tracker.log_model(
-            result.artifacts["model"].path / "model", f"reranker-{conf.arch.name}-{conf.base.name}"
+            result.artifacts["model"].path / "model",
+            f"reranker-{conf.arch.name}-{conf.base.name}",
+            record.data,
         )
     tracker.finish(exit_code=0)
+    from rerank_sweeps.console import closing_summary
+
+    print(closing_summary(record.data, conf), flush=True)
     return result
+
+
+def link_model(run_dir: Path, model_dir: Path) -> Path:
+    """`<run_dir>/model`: the trained reranker as a normal sentence-transformers / PyLate
+    directory (with its model card), linked to the cached artifact rather than copied, since a
+    sweep's runs often share one model. Where links are not allowed it is copied."""
+    import shutil
+
+    link = run_dir / "model"
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    try:
+        link.symlink_to(model_dir.resolve(), target_is_directory=True)
+    except OSError:
+        shutil.copytree(model_dir, link)
+    return link
 
 
 def _progress(cache: Cache, timer: _Timer) -> dict[str, Any]:
@@ -207,7 +235,8 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
                 )
 
     metrics = results.get("metrics", {})
-    objective = [_objective_value(name, metrics, latency) for name in conf.objective]
+    dev_metrics = _dev_fields(arts.get("model")).get("dev", {})
+    objective = [_objective_value(name, metrics, latency, dev_metrics) for name in conf.objective]
     _log_cache(cache)
     return RunResult(
         run_dir=run_dir,
@@ -251,7 +280,11 @@ def _available_stages() -> set[str]:
     return {n for n in names if importlib.util.find_spec(f"rerank_sweeps.{n}") is not None}
 
 
-def _objective_value(name: str, metrics: dict[str, float], latency: dict[str, float]) -> float:
+def _objective_value(
+    name: str, metrics: dict[str, float], latency: dict[str, float], dev: dict[str, float]
+) -> float:
+    if name.startswith("dev/") and name.removeprefix("dev/") in dev:
+        return float(dev[name.removeprefix("dev/")])
     if name in metrics:
         return float(metrics[name])
     if name in latency:
@@ -262,5 +295,6 @@ def _objective_value(name: str, metrics: dict[str, float], latency: dict[str, fl
 
 
 def _log_cache(cache: Cache) -> None:
-    for stage, key, hit, seconds in cache.events:
-        log.info("stage %-12s %s  %s  %.1fs", stage, "hit " if hit else "miss", key, seconds)
+    # Each stage already said "cache hit/miss" as it ran: one line of totals here.
+    hits = sum(1 for _, _, hit, _ in cache.events if hit)
+    log.info("stages: %d built, %d from the cache", len(cache.events) - hits, hits)

@@ -31,6 +31,7 @@ import numpy as np
 
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import ARCH_LOSSES, RunConfig, UserError
+from rerank_sweeps.console import use_quiet_progress
 from rerank_sweeps.data import NTuple, load_negatives
 from rerank_sweeps.devsignal import DevArtifacts, DevData, candidate_evaluator, finish_training
 from rerank_sweeps.distill import (
@@ -434,26 +435,6 @@ def use_bf16(setting: str) -> bool:
         return False
 
 
-def report_to(conf: RunConfig) -> list[str] | str:
-    """["wandb"] when W&B logging is configured and not disabled, else "none" (set explicitly:
-    transformers 5 defaults to none). Without an API key W&B runs offline, never prompting."""
-    if conf.logger.name != "wandb":
-        return "none"
-    from rerank_sweeps.tracking import wandb_mode
-
-    mode = wandb_mode(conf)
-    if mode == "disabled" or os.environ.get("WANDB_MODE", "").lower() == "disabled":
-        return "none"
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        return "none"
-    # Only used when no run is open yet (the tracker normally opens one first).
-    os.environ.setdefault("WANDB_MODE", mode)
-    os.environ.setdefault("WANDB_PROJECT", conf.logger.project)
-    return ["wandb"]
-
-
 def schedule(num_examples: int, conf: RunConfig) -> dict[str, int]:
     """Steps per epoch, total steps and the eval/save interval giving `evals_per_epoch` per epoch."""
     steps_per_epoch = max(1, math.ceil(num_examples / conf.arch.batch_size))
@@ -509,8 +490,9 @@ def _training_args(
         "greater_is_better": True,
         "logging_steps": max(1, min(50, sched["interval"] // 4)),
         "logging_first_step": True,
-        "report_to": report_to(conf),
-        "run_name": f"{conf.arch.name}-{conf.base.name}-{conf.init}-e{conf.epochs}-n{conf.negatives}",
+        # Not "wandb": its callback merges every TrainingArgument into our run's config (or opens
+        # a run in project `huggingface`); trainer_callbacks forwards the curves to our run.
+        "report_to": "none",
         "disable_tqdm": False,
         "dataloader_num_workers": 0,
     }
@@ -624,6 +606,9 @@ def trainer_callbacks(conf: RunConfig, evaluator: Any) -> list[Any]:
     """Both trainers' callbacks: checkpoints by time always, the dev ones with an evaluator."""
     callbacks = dev_callbacks() if evaluator is not None else []
     by_time = checkpoint_by_time_callback(conf.arch.checkpoint_minutes)
+    from rerank_sweeps.tracking import train_log_callback
+
+    callbacks.append(train_log_callback())  # the curves into our W&B run (a no-op without one)
     return callbacks + ([by_time] if by_time is not None else [])
 
 
@@ -729,7 +714,7 @@ def build_trainer(
             evaluator=evaluator,
             callbacks=trainer_callbacks(conf, evaluator),
         )
-        return trainer, sched, len(dataset)
+        return use_quiet_progress(trainer), sched, len(dataset)
     from pylate import losses, utils
     from sentence_transformers import SentenceTransformerTrainer
 
@@ -754,7 +739,7 @@ def build_trainer(
         data_collator=utils.ColBERTCollator(model.tokenize),
         callbacks=trainer_callbacks(conf, evaluator),
     )
-    return trainer, sched, len(dataset)
+    return use_quiet_progress(trainer), sched, len(dataset)
 
 
 def train_reranker(

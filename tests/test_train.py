@@ -202,16 +202,6 @@ def test_schedule_fires_evaluations_within_an_epoch(tmp_path):
     assert train.schedule(256, conf) == {"steps_per_epoch": 16, "total": 5, "interval": 3}
 
 
-def test_report_to_is_explicit(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    assert train.report_to(toy_conf(tmp_path, "ce", "tiny_bert", "logger=none")) == "none"
-    disabled = toy_conf(tmp_path, "ce", "tiny_bert", "logger=wandb", "logger.mode=disabled")
-    assert train.report_to(disabled) == "none"
-    offline = toy_conf(tmp_path, "ce", "tiny_bert", "logger=wandb", "logger.mode=offline")
-    assert train.report_to(offline) == ["wandb"]
-    assert os.environ["WANDB_MODE"] == "offline"  # the HF callback will never prompt for a key
-
-
 def test_bf16_setting():
     assert train.use_bf16("false") is False and train.use_bf16("true") is True
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
@@ -476,14 +466,16 @@ def test_checkpoint_by_time_saves_only_after_the_interval(tmp_path):
     conf = toy_conf(tmp_path, "ce", "tiny_bert")
     assert conf.arch.checkpoint_minutes == 10
     kinds = [type(c).__name__ for c in train.trainer_callbacks(conf, None)]
-    assert kinds == ["CheckpointByTime"]
+    assert "CheckpointByTime" in kinds
     assert "CheckpointByTime" in [type(c).__name__ for c in train.trainer_callbacks(conf, object())]
     for arch in ("ce", "colbert"):
         fast = toy_conf(tmp_path, arch, "tiny_bert", "arch.checkpoint_minutes=0.5")
         never = toy_conf(tmp_path, arch, "tiny_bert", "arch.checkpoint_minutes=null")
         assert "checkpoint_minutes" not in train.arch_key(fast)
         assert train.arch_key(fast) == train.arch_key(never)
-        assert train.trainer_callbacks(never, None) == []
+        assert "CheckpointByTime" not in [
+            type(c).__name__ for c in train.trainer_callbacks(never, None)
+        ]
     for bad in ("0", "-1"):
         with pytest.raises(ConfigError, match="arch.checkpoint_minutes"):
             toy_conf(tmp_path, "ce", "tiny_bert", f"arch.checkpoint_minutes={bad}")
