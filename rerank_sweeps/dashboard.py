@@ -37,6 +37,7 @@ from rerank_sweeps.report import (
     metric_ks,
     metric_value,
     pareto_front,
+    point_groups,
     quality_latency_points,
     run_label,
     summary_line,
@@ -285,33 +286,28 @@ def quality_latency_figure(records: Sequence[dict[str, Any]], objective: str) ->
         yaxis_title=f"{objective} (%, 95% interval)",
         legend={"orientation": "h", "y": -0.2},
     )
+    symbols = {"reference": "diamond", "run": "circle", "gate_failed": "x"}
+    for _, suffix, kind, group, name in point_groups(points):
+        fig.add_trace(
+            go.Scatter(
+                x=[p.latency.p50_ms for p in group],
+                y=[100 * p.quality for p in group],
+                mode="markers+text",
+                text=[p.label for p in group],
+                textposition="top center",
+                textfont={"size": 10},
+                cliponaxis=False,  # a label near the edge stays whole
+                marker={"symbol": symbols[kind], "size": 10},
+                error_y=_error_bars([p.quality for p in group], [p.interval for p in group]),
+                name=name + suffix,
+                hovertext=[_latency_hover(p, objective) for p in group],
+                hoverinfo="text",
+            )
+        )
     devices = sorted({p.latency.device for p in points})
     for device in devices:
         mine = [p for p in points if p.latency.device == device]
         suffix = f" ({device})" if len(devices) > 1 else ""
-        for group, symbol, name in (
-            ([p for p in mine if p.reference], "diamond", "first stage only"),
-            ([p for p in mine if not p.reference and not p.gate_failed], "circle", "run"),
-            ([p for p in mine if p.gate_failed], "x", f"run, dev gate failed {GATE_MARK}"),
-        ):
-            if not group:
-                continue
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.latency.p50_ms for p in group],
-                    y=[100 * p.quality for p in group],
-                    mode="markers+text",
-                    text=[p.label for p in group],
-                    textposition="top center",
-                    textfont={"size": 10},
-                    cliponaxis=False,  # a label near the edge stays whole
-                    marker={"symbol": symbol, "size": 10},
-                    error_y=_error_bars([p.quality for p in group], [p.interval for p in group]),
-                    name=name + suffix,
-                    hovertext=[_latency_hover(p, objective) for p in group],
-                    hoverinfo="text",
-                )
-            )
         front = [mine[i] for i in pareto_front([(p.latency.p50_ms, p.quality) for p in mine])]
         fig.add_trace(
             go.Scatter(

@@ -715,6 +715,31 @@ class QualityPoint:
     reference: bool  # the first stage only (no reranker), not a trained run
 
 
+def point_groups(
+    points: Sequence[QualityPoint],
+) -> list[tuple[str, str, str, list[QualityPoint], str]]:
+    """The quality-vs-latency points split for drawing: (device, legend suffix, kind, points,
+    legend name) per device and kind (first stage only, run, run whose dev gate failed), both
+    in the PNG and in report.html."""
+    devices = sorted({p.latency.device for p in points})
+    out = []
+    for device in devices:
+        mine = [p for p in points if p.latency.device == device]
+        suffix = f" ({device})" if len(devices) > 1 else ""
+        for kind, group, name in (
+            ("reference", [p for p in mine if p.reference], "first stage only"),
+            ("run", [p for p in mine if not p.reference and not p.gate_failed], "run"),
+            (
+                "gate_failed",
+                [p for p in mine if p.gate_failed],
+                f"run, dev gate failed {GATE_MARK}",
+            ),
+        ):
+            if group:
+                out.append((device, suffix, kind, group, name))
+    return out
+
+
 def quality_latency_points(records: Sequence[dict[str, Any]], objective: str) -> list[QualityPoint]:
     """Every completed run with a latency and the objective, plus the first stage alone.
 
@@ -817,32 +842,26 @@ def _plot_quality_latency(records: list[dict[str, Any]], objective: str, out: Pa
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"reference": "D", "run": "o", "gate_failed": "X"}
+    for _, suffix, kind, group, name in point_groups(points):
+        errors = [
+            [100 * (p.quality - p.interval[0]) if p.interval else 0 for p in group],
+            [100 * (p.interval[1] - p.quality) if p.interval else 0 for p in group],
+        ]
+        ax.errorbar(
+            [p.latency.p50_ms for p in group],
+            [100 * p.quality for p in group],
+            yerr=errors,
+            fmt=markers[kind],
+            capsize=3,
+            alpha=0.85,
+            color="grey" if kind == "reference" else None,
+            label=name + suffix,
+        )
     devices = sorted({p.latency.device for p in points})
     for device in devices:
         mine = [p for p in points if p.latency.device == device]
         suffix = f" ({device})" if len(devices) > 1 else ""
-        for group, marker, name in (
-            ([p for p in mine if p.reference], "D", "first stage only"),
-            ([p for p in mine if not p.reference and not p.gate_failed], "o", "run"),
-            ([p for p in mine if p.gate_failed], "X", f"run, dev gate failed {GATE_MARK}"),
-        ):
-            if not group:
-                continue
-            ys = [100 * p.quality for p in group]
-            errors = [
-                [100 * (p.quality - p.interval[0]) if p.interval else 0 for p in group],
-                [100 * (p.interval[1] - p.quality) if p.interval else 0 for p in group],
-            ]
-            ax.errorbar(
-                [p.latency.p50_ms for p in group],
-                ys,
-                yerr=errors,
-                fmt=marker,
-                capsize=3,
-                alpha=0.85,
-                color="grey" if marker == "D" else None,
-                label=name + suffix,
-            )
         for p in mine:
             ax.annotate(
                 p.label,
