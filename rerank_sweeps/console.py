@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -127,7 +128,6 @@ def progress_callback() -> Any:
     """A trainer callback that replaces transformers' ProgressCallback: one training bar with
     the loss and dev metric as its postfix (on a terminal), one log line per dev evaluation,
     never the raw log dicts the library writes between bar updates."""
-    from tqdm.auto import tqdm
     from transformers.trainer_callback import TrainerCallback
 
     log = logging.getLogger("rerank_sweeps.train")
@@ -135,18 +135,42 @@ def progress_callback() -> Any:
     class QuietProgress(TrainerCallback):
         def __init__(self) -> None:
             self.bar: Any = None
-            self.step = 0
+            self.step = self.first_step = self.quarter = 0
+            self.started = 0.0
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
-                self.bar = tqdm(total=state.max_steps, desc="train", unit="step", leave=False)
+                self.bar = progress(total=state.max_steps, desc="train", unit="step")
                 self.bar.update(state.global_step)
-                self.step = state.global_step
+                self.step = self.first_step = state.global_step
+                self.quarter = 4 * state.global_step // max(1, state.max_steps)
+                self.started = time.monotonic()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.bar is not None:
                 self.bar.update(state.global_step - self.step)
                 self.step = state.global_step
+                if self.bar.disable:
+                    self._heartbeat(state)
+
+        def _heartbeat(self, state: Any) -> None:
+            # Without a drawn bar (a pipe, a log file) a long training would be silent for
+            # minutes: one line at each quarter, with the rate and the time left.
+            total = max(1, state.max_steps)
+            quarter = 4 * state.global_step // total
+            if quarter <= self.quarter or state.global_step >= total:
+                return
+            self.quarter = quarter
+            elapsed = time.monotonic() - self.started
+            done = max(1, state.global_step - self.first_step)
+            rate = elapsed / done
+            log.info(
+                "train: step %d/%d, %.1f s/step, about %d s left",
+                state.global_step,
+                total,
+                rate,
+                round(rate * (total - state.global_step)),
+            )
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any

@@ -206,3 +206,26 @@ def test_the_shipped_example_configs_compose_and_validate(monkeypatch) -> None:
     assert quick.data.num_train == 600 and not quick.latency.enabled
     monkeypatch.setenv("MY_QA_FILE", "/nowhere/pairs.jsonl")
     assert compose_config(["data=my_qa"]).data.path == "/nowhere/pairs.jsonl"
+
+
+def test_training_in_a_pipe_says_its_progress_at_each_quarter(monkeypatch, caplog) -> None:
+    from types import SimpleNamespace
+
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    monkeypatch.setattr(console, "is_terminal", lambda: False)
+    callback = console.progress_callback()
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=8, global_step=0)
+    with caplog.at_level(logging.INFO, logger="rerank_sweeps.train"):
+        callback.on_train_begin(None, state, None)
+        for step in range(1, 9):
+            state.global_step = step
+            callback.on_step_end(None, state, None)
+        callback.on_log(None, state, None, logs={"loss": 0.5, "eval_dev_ndcg@10": 0.41})
+        callback.on_train_end(None, state, None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines[:3]] == [
+        "train: step 2/8",
+        "train: step 4/8",
+        "train: step 6/8",
+    ]
+    assert lines[3] == "step 8/8: dev_ndcg@10 0.4100" and len(lines) == 4
