@@ -31,11 +31,11 @@ from rerank_sweeps.report import (
     gate_cell,
     gate_failed,
     gate_note,
-    hue_param,
     latency_axis_label,
     metric_interval,
     metric_ks,
     metric_value,
+    param_series,
     pareto_front,
     point_groups,
     quality_latency_points,
@@ -368,11 +368,7 @@ def param_figures(records: Sequence[dict[str, Any]], objective: str) -> list[tup
     params = swept_params(runs)
     out = []
     for key, values in params.items():
-        axis = Axis.of(values)
-        hue = hue_param(params, key)
-        groups = sorted({str(v) for v in params[hue]}) if hue else [""]
-        slot = [groups.index(str(params[hue][i])) if hue else 0 for i in range(len(runs))]
-        positions = axis.spread(values, slot)
+        axis, hue, series, positions = param_series(params, key)
         fig = _figure(
             height=360,
             xaxis={
@@ -386,10 +382,7 @@ def param_figures(records: Sequence[dict[str, Any]], objective: str) -> list[tup
             legend={"title": {"text": hue}} if hue else {},
             showlegend=bool(hue),
         )
-        for g, group in enumerate(groups):
-            mine = [i for i in range(len(runs)) if positions[i] is not None and slot[i] == g]
-            if not mine:
-                continue
+        for group, mine in series:
             ys = [metric_value(runs[i], objective) or 0.0 for i in mine]
             fig.add_trace(
                 go.Scatter(

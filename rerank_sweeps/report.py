@@ -893,6 +893,26 @@ def _plot_quality_latency(records: list[dict[str, Any]], objective: str, out: Pa
     return path
 
 
+def param_series(
+    params: dict[str, list[Any]], key: str
+) -> tuple[Axis, str | None, list[tuple[str, list[int]]], list[float | None]]:
+    """How a parameter plot of `key` lays out the runs, for the PNG and report.html alike: its
+    axis, the parameter that colours the series (or None), each series' name and run indices
+    (runs with a position on the axis only), and each run's x position (moved slightly aside
+    per series, so that error bars do not overlap)."""
+    values = params[key]
+    axis = Axis.of(values)
+    hue = hue_param(params, key)
+    groups = sorted({str(v) for v in params[hue]}) if hue else [""]
+    slot = [groups.index(str(params[hue][i])) if hue else 0 for i in range(len(values))]
+    positions = axis.spread(values, slot)
+    series = [
+        (group, [i for i in range(len(values)) if positions[i] is not None and slot[i] == g])
+        for g, group in enumerate(groups)
+    ]
+    return axis, hue, [(group, members) for group, members in series if members], positions
+
+
 def _plot_params(records: list[dict[str, Any]], objective: str, out: Path) -> list[Path]:
     runs = completed_with(records, objective)
     params = swept_params(runs)
@@ -900,20 +920,15 @@ def _plot_params(records: list[dict[str, Any]], objective: str, out: Path) -> li
         return []
     plt = _pyplot()
     paths = []
-    for key, values in params.items():
-        axis = Axis.of(values)
-        hue = hue_param(params, key)
-        groups = sorted({str(v) for v in params[hue]}) if hue else [""]
-        slot = [groups.index(str(params[hue][i])) if hue else 0 for i in range(len(runs))]
-        positions = axis.spread(values, slot)
+    for key in params:
+        axis, hue, series, positions = param_series(params, key)
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         drawn = False
-        for g, group in enumerate(groups):
+        for group, members in series:
             xs, ys, low, high = [], [], [], []
-            for i, r in enumerate(runs):
-                y, x = metric_value(r, objective) or 0.0, positions[i]
-                if x is None or slot[i] != g:
-                    continue
+            for i in members:
+                r, x = runs[i], positions[i]
+                y = metric_value(r, objective) or 0.0
                 interval = metric_interval(r, objective) or (y, y)
                 xs.append(x)
                 ys.append(100 * y)
