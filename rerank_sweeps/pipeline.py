@@ -38,6 +38,7 @@ class RunResult:
     cache_misses: set[str] = field(default_factory=set)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    dev: dict[str, Any] = field(default_factory=dict)  # the trained model's dev fields
 
 
 class _Timer:
@@ -122,7 +123,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
         "paired": result.paired,
         "latency": result.latency,
         "fingerprints": {name: art.key for name, art in result.artifacts.items()},
-        **_dev_fields(result.artifacts.get("model")),
+        **result.dev,
     }
     if "model" in result.artifacts:
         fields["model_dir"] = str(link_model(run_dir, result.artifacts["model"].path / "model"))
@@ -179,6 +180,7 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
         arts["split"] = data.split_stage(conf, cache)
     results: dict[str, Any] = {}
     latency: dict[str, float] = {}
+    dev_fields: dict[str, Any] = {}
     stages_present = _available_stages()
     if {"index", "evaluate"} <= stages_present:
         from rerank_sweeps import index
@@ -202,7 +204,8 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
             arts["model"] = train.model_stage(conf, cache, arts["split"], arts["negatives"], dev)
             if conf.eval.untrained and conf.epochs > 0:
                 arts["untrained"] = train.untrained_stage(conf, cache)
-        _warn_if_gate_failed(conf, arts["model"])
+        dev_fields = _dev_fields(arts["model"])
+        _warn_if_gate_failed(conf, dev_fields.get("dev_gate"))
     if {"index", "evaluate"} <= stages_present and "model" in arts:
         from rerank_sweeps import evaluate
 
@@ -235,7 +238,7 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
                 )
 
     metrics = results.get("metrics", {})
-    dev_metrics = _dev_fields(arts.get("model")).get("dev", {})
+    dev_metrics = dev_fields.get("dev", {})
     objective = [_objective_value(name, metrics, latency, dev_metrics) for name in conf.objective]
     _log_cache(cache)
     return RunResult(
@@ -249,26 +252,23 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
         cache_misses=cache.misses,
         stage_seconds=timer.seconds,
         artifacts=arts,
+        dev=dev_fields,
     )
 
 
-def _dev_fields(model_art: Artifact | None) -> dict[str, Any]:
+def _dev_fields(model_art: Artifact) -> dict[str, Any]:
     """What the trained model's dev evaluation says, for record.json: the dev gate, the dev
     metrics beside the first stage's, and the fusion weights (all measured on dev only)."""
     from rerank_sweeps.rerankers import read_reranker_meta
 
-    if model_art is None:
-        return {}
     meta = read_reranker_meta(model_art.path)
     keys = ("dev_gate", "dev", "dev_first_stage", "fusion", "dev_protocol", "dev_history")
     return {key: meta[key] for key in keys if key in meta}
 
 
-def _warn_if_gate_failed(conf: RunConfig, model_art: Artifact) -> None:
+def _warn_if_gate_failed(conf: RunConfig, dev_gate: dict[str, Any] | None) -> None:
     from rerank_sweeps.devsignal import gate_message
-    from rerank_sweeps.rerankers import read_reranker_meta
 
-    dev_gate = read_reranker_meta(model_art.path).get("dev_gate")
     if conf.dev.gate and dev_gate and not dev_gate["passed"]:
         log.warning("%s", gate_message(dev_gate))
 
