@@ -534,8 +534,9 @@ def run_models(args: argparse.Namespace) -> None:
     """Time CE/ColBERT library calls and lean scorers on one device; write JSON."""
     import torch
 
+    from rerank_sweeps.archs import get_arch
     from rerank_sweeps.latency import cpu_name
-    from rerank_sweeps.speedups import LeanColBERT, LeanCrossEncoder, parse_optimization
+    from rerank_sweeps.speedups import parse_optimization
 
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -597,8 +598,9 @@ def run_models(args: argparse.Namespace) -> None:
         for variant in variants:
             opt = parse_optimization("lean" if variant == "fp32" else variant)
             model = load_models(base, device, arch)
-            cls = LeanCrossEncoder if arch == "ce" else LeanColBERT
-            lean = cls(model, device, opt, args.batch_size, args.sort_batch_size)
+            lean = get_arch(arch).lean_scorer(
+                model, device, opt, args.batch_size, args.sort_batch_size
+            )
             if device == "cuda" and hasattr(lean, "warm_shapes"):
                 # Every batch shape the timed calls can meet runs (or is captured) first.
                 warmed[variant] = lean.warm_shapes(args.candidates)

@@ -135,7 +135,7 @@ def hydra_main(cfg: DictConfig) -> float | tuple[float, ...]:
     conf = validate(cfg)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        result = run(cfg)
+        result = run(cfg, conf=conf)
     except (ConfigError, UserError) as err:
         log.error("%s", err)
         if multirun:

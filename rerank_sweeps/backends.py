@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from rerank_sweeps.archs import get_arch
 from rerank_sweeps.cache import Artifact, Cache, artifact_at
 from rerank_sweeps.config import UserError
 
@@ -95,57 +96,12 @@ def _versions(backend: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _scoring_module(model: Any, arch: str) -> tuple[Any, str]:
-    """(an nn.Module of (input_ids, attention_mask[, token_type_ids]) -> the lean path's input,
-    the attribute prefix its submodules get in the exported graph's name scopes)."""
-    import torch
-
-    class CrossEncoderLogits(torch.nn.Module):
-        """The cross-encoder's logits (batch, labels)."""
-
-        def __init__(self, hf_model: Any) -> None:
-            super().__init__()
-            self.model = hf_model
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **extra
-            ).logits
-
-    class ColBERTTokens(torch.nn.Module):
-        """PyLate ColBERT's token embeddings (batch, length, dim), before normalisation."""
-
-        def __init__(self, colbert: Any) -> None:
-            super().__init__()
-            self.colbert = colbert
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-            features = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                features["token_type_ids"] = token_type_ids
-            return self.colbert(features)["token_embeddings"]
-
-    if arch == "ce":
-        return CrossEncoderLogits(model.model).eval(), "model."
-    if arch == "colbert":
-        return ColBERTTokens(model).eval(), "colbert."
-    raise UserError(f"no inference backend for arch {arch!r}")
-
-
 def _sample_features(model: Any, arch: str) -> dict[str, Any]:
     """Two rows of different lengths, tokenised as scoring does (batch and length vary)."""
     queries = ["what does the word bank mean", "red"]
     texts = ["the side of a river where the water meets the land", "a colour"]
-    if arch == "ce":
-        features = model.tokenizer(queries, texts, padding=True, return_tensors="pt")
-    else:
-        features = model.tokenize(texts, is_query=False)
+    features = get_arch(arch).sample_features(model, queries, texts)
     return {k: features[k] for k in INPUT_NAMES if k in features}
-
-
-def _hf_config(model: Any, arch: str) -> Any:
-    return model.model.config if arch == "ce" else model[0].auto_model.config
 
 
 def export_onnx(model: Any, arch: str, out_dir: Path) -> dict[str, Any]:
@@ -154,7 +110,7 @@ def export_onnx(model: Any, arch: str, out_dir: Path) -> dict[str, Any]:
     its metadata (input names, the largest absolute difference to torch)."""
     import torch
 
-    module, _ = _scoring_module(model, arch)
+    module, _ = get_arch(arch).export_module(model)
     features = _sample_features(model, arch)
     dims = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in features}
     path = out_dir / ONNX_FILE
@@ -190,7 +146,7 @@ def export_onnx(model: Any, arch: str, out_dir: Path) -> dict[str, Any]:
         raise UserError(
             f"the ONNX export of {arch} differs from torch by {diff:.3g} (tolerance "
             f"{EXPORT_TOLERANCE}): not cached; report the model type "
-            f"{_hf_config(model, arch).model_type!r}"
+            f"{get_arch(arch).hf_config(model).model_type!r}"
         )
     return {"inputs": list(features), "max_abs_diff_vs_torch": diff}
 
@@ -200,7 +156,7 @@ def optimize_o3(model: Any, arch: str, src: Path, out_dir: Path) -> dict[str, An
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    config = _hf_config(model, arch)
+    config = get_arch(arch).hf_config(model)
     # Unknown model types get BERT's fusions: they only fire where BERT's patterns match.
     model_type = config.model_type if config.model_type in optimizer.MODEL_TYPES else "bert"
     options = FusionOptions(model_type)
@@ -247,9 +203,8 @@ def quantize_int8(model: Any, arch: str, src: Path, out_dir: Path) -> dict[str, 
 
     from rerank_sweeps.speedups import backbone_linear_names
 
-    _, prefix = _scoring_module(model, arch)
-    inner = model.model if arch == "ce" else model
-    backbone = {prefix + name for name in backbone_linear_names(inner)}
+    _, prefix = get_arch(arch).export_module(model)
+    backbone = {prefix + name for name in backbone_linear_names(get_arch(arch).backbone(model))}
     graph = onnx.load(str(src), load_external_data=False).graph
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
     # The exporter records each node's module path; the head's Linear layers are left out.

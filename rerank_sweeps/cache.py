@@ -7,6 +7,10 @@ the directory is then renamed into place, so a reader either sees a whole artifa
 none. A file lock per key makes concurrent processes build it once; the lock is an OS
 lock (flock), released by the kernel when a process dies, so a SIGKILLed builder leaves
 only a stale temp directory that no reader trusts.
+
+`build_atomically` is that lock + temp dir + rename, for anything built once on disk: the
+stage cache here, and the models built locally under `models_home()` (joined PyPI parts,
+tiny test models, distilled static embeddings).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -27,6 +32,47 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 MARKER = "_COMPLETE.json"
+
+
+def models_home() -> Path:
+    """Folder for models assembled or built locally (joined PyPI parts, tiny test models)."""
+    home = os.environ.get("RERANK_SWEEPS_MODELS")
+    return Path(home) if home else Path.home() / ".cache" / "rerank_sweeps" / "models"
+
+
+def build_atomically(
+    target: Path,
+    is_complete: Callable[[Path], bool],
+    build: Callable[[Path], Path | None],
+) -> bool:
+    """Build the folder `target` once across threads and processes; True if this call built it.
+
+    `is_complete(target)` says whether a finished build is there (its completion marker).
+    `build(tmp)` writes into `tmp`, a fresh private folder beside `target`, and returns the
+    folder to publish: `tmp` itself (None) or one inside it. That folder is renamed into
+    place, so a reader sees a whole build or none. Under the lock (`<target>.lock`, an OS lock
+    the kernel releases when a process dies) leftovers of killed builders are removed first:
+    their temp folders, and a `target` that `is_complete` does not accept.
+    """
+    if is_complete(target):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if is_complete(target):  # another process built it while we waited
+            return False
+        # Only ever reached under the lock, so no live builder owns these leftovers.
+        for leftover in target.parent.glob(f".tmp-{target.name}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            published = build(tmp)
+            (tmp if published is None else published).rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return True
 
 
 @dataclass(frozen=True)
@@ -119,49 +165,37 @@ class Cache:
             self._record(stage, key, True, started)
             return found
         final = self.path_for(stage, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(final) + ".lock"):
-            found = self.lookup(stage, key)
-            if found is not None:  # another process built it while we waited
-                self._record(stage, key, True, started)
-                return found
-            self._remove_stale(final)
-            tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            work = self.work_dir(stage, key)
+        work = self.work_dir(stage, key)
+
+        def publish(tmp: Path) -> None:
             work.mkdir(exist_ok=True)
             try:
                 build(tmp, work)
-                meta = {
-                    "stage": stage,
-                    "version": version,
-                    "key": key,
-                    "config": _canonical(config),
-                    "inputs": [i.key if isinstance(i, Artifact) else str(i) for i in inputs],
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                }
-                (tmp / MARKER).write_text(json.dumps(meta, indent=2, default=str))
-                tmp.rename(final)
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
                 # Keep resumable state (checkpoints) for the next try, but not an empty
                 # folder: a build that failed at once (bad input) leaves the cache as it was.
                 if work.is_dir() and not any(work.iterdir()):
                     work.rmdir()
                 raise
-            shutil.rmtree(work, ignore_errors=True)
+            meta = {
+                "stage": stage,
+                "version": version,
+                "key": key,
+                "config": _canonical(config),
+                "inputs": [i.key if isinstance(i, Artifact) else str(i) for i in inputs],
+                "seconds": round(time.perf_counter() - started, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            # The marker is written last, inside the temp folder: a renamed folder is whole.
+            (tmp / MARKER).write_text(json.dumps(meta, indent=2, default=str))
+
+        if not build_atomically(final, lambda path: (path / MARKER).is_file(), publish):
+            self._record(stage, key, True, started)  # another process built it while we waited
+            return Artifact(stage, key, final, hit=True)
+        shutil.rmtree(work, ignore_errors=True)
         log.info("cache miss: %s/%s built in %.1fs", stage, key, time.perf_counter() - started)
         self._record(stage, key, False, started)
         return Artifact(stage, key, final, hit=False)
-
-    def _remove_stale(self, final: Path) -> None:
-        # Leftovers of killed builders: temp dirs, or (from older layouts) a final dir without
-        # a marker. Only ever called under the lock, so no live builder owns them.
-        for leftover in final.parent.glob(f".tmp-{final.name}-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
 
     def _record(self, stage: str, key: str, hit: bool, started: float) -> None:
         seconds = time.perf_counter() - started

@@ -16,6 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rerank_sweeps.records import METRICS
+
 
 class ConfigError(ValueError):
     """A user error in the configuration: printed as one line, never as a traceback."""
@@ -74,18 +76,18 @@ class DataConfig:
     question_column: str = "question"
     answer_column: str = "answer"
     max_rows: int | None = None  # rows read from the source before splitting
-    num_train: int = 2000  # training questions
-    num_dev: int = 200  # dev questions (carved from the training side)
-    num_eval: int = 300  # eval queries
-    corpus_size: int = 20000  # rows in the LanceDB table: eval answers + distractors
+    num_train: int = 2500  # training questions
+    num_dev: int = 100  # dev questions (carved from the training side)
+    num_eval: int = 400  # eval queries
+    corpus_size: int = 10000  # rows in the LanceDB table: eval answers + distractors
 
     def __post_init__(self) -> None:
-        _choice("data.source", self.source, ("wordnet", "pydoc", "hub", "local"))
+        from rerank_sweeps.data.registry import check_source  # the data package imports config
+
+        check_source(self)
         if self.format is not None:
             _choice("data.format", self.format, ("jsonl", "parquet", "csv"))
         _check(_known_codec(self.encoding), "data.encoding", self.encoding, "a Python codec name")
-        if self.source == "local":
-            _check(bool(self.path), "data.path", self.path, "a jsonl, parquet or csv file")
         for key in ("num_train", "num_eval", "corpus_size"):
             _check(getattr(self, key) >= 1, f"data.{key}", getattr(self, key), "an integer >= 1")
         _check(self.num_dev >= 0, "data.num_dev", self.num_dev, "an integer >= 0")
@@ -103,7 +105,7 @@ class DataConfig:
 class MiningConfig:
     """Hard-negative mining with sentence-transformers' `mine_hard_negatives`."""
 
-    source: str = "model"  # model: mine with `model_id` | retriever: with index.embedder
+    source: str = "retriever"  # model: mine with `model_id` | retriever: with index.embedder
     model_id: str = "sentence-transformers/all-mpnet-base-v2"  # never the model being trained
     random_share: float = 0.0  # share of negatives drawn at random instead of by similarity
     legs: list[str] = field(default_factory=lambda: ["vector", "fts"])  # source=retriever
@@ -153,22 +155,24 @@ class ArchConfig:
     embedding_size: int = 128  # colbert projection
     temperature: float = 1.0  # colbert contrastive loss
     pos_weight: float | None = None  # ce BinaryCrossEntropyLoss; None = number of negatives
-    # The training loss (see ARCH_LOSSES); None = the architecture's default (its first).
+    # The training loss (the architecture's `losses`); None = its default (the first).
     loss: str | None = None
     bf16: str = "auto"  # auto | true | false
-    evals_per_epoch: int = 2  # dev evaluations (and checkpoints) per epoch
+    evals_per_epoch: int = 1  # dev evaluations (and checkpoints) per epoch
     max_steps: int = -1  # > 0 caps training steps (tests)
     # Also checkpoint when this many minutes passed since the last save (null: only at dev
     # evaluations), so a killed run loses minutes, not an epoch. Not in the cache key.
     checkpoint_minutes: float | None = 10.0
-    # Where the distillation losses (TEACHER_LOSSES) get their targets: null | miner | a
+    # Where the distillation losses (the architectures' `teacher_losses`) get their targets: null | miner | a
     # cross-encoder / ColBERT directory | a teacher trained in the same job (an arch config
     # name, or {arch: colbert, base: minilm, epochs: 1, ...}); see rerank_sweeps/distill.py.
     teacher: Any = None
     teacher_scale: float = 1.0  # teacher scores are multiplied by this before the loss
 
     def __post_init__(self) -> None:
-        _choice("arch.name", self.name, ("ce", "colbert"))
+        from rerank_sweeps.archs import arch_names  # the architectures are above the config
+
+        _choice("arch.name", self.name, arch_names())
         _check(self.teacher_scale > 0, "arch.teacher_scale", self.teacher_scale, "a number > 0")
         _choice("arch.bf16", str(self.bf16).lower(), ("auto", "true", "false"))
         _check(self.lr > 0, "arch.lr", self.lr, "a number > 0")
@@ -187,16 +191,6 @@ class ArchConfig:
                 self.checkpoint_minutes,
                 "a number > 0 or null",
             )
-
-
-# The losses each architecture trains with (sentence-transformers / PyLate classes); the first
-# is the default when `arch.loss` is null.
-ARCH_LOSSES: dict[str, tuple[str, ...]] = {
-    "ce": ("bce", "lambda", "listnet", "cmnrl", "margin_mse", "mse"),
-    "colbert": ("contrastive", "distillation"),
-}
-# The losses that learn from a teacher's scores (they need `arch.teacher`).
-TEACHER_LOSSES = ("margin_mse", "mse", "distillation")
 
 
 @dataclass
@@ -428,7 +422,9 @@ class RunConfig:
             qt = self.query_type.primary if self.query_type.primary in types else types[0]
             self.objective = [f"{qt}/reranked/hit@{min(self.top_k)}"]
         if self.arch.loss is not None:
-            losses = ARCH_LOSSES[self.arch.name]
+            from rerank_sweeps.archs import get_arch
+
+            losses = get_arch(self.arch.name).losses
             _check(
                 self.arch.loss in losses,
                 "arch.loss",
@@ -458,9 +454,10 @@ class RunConfig:
                 "with the first-stage retriever (mining.source=retriever)"
             )
         if self.init == "pretrained":
-            pretrained = (
-                self.base.pretrained_ce if self.arch.name == "ce" else self.base.pretrained_colbert
-            )
+            from rerank_sweeps.archs import get_arch
+
+            field = get_arch(self.arch.name).pretrained_field
+            pretrained = getattr(self.base, field) if field else None
             _check(
                 bool(pretrained),
                 "init",
@@ -489,8 +486,8 @@ def _objective_metric_problem(conf: RunConfig, name: str) -> str | None:
         return f"query type {qt!r} is not evaluated (query_type.types={conf.query_type.types})"
     if system not in systems:
         return f"system {system!r} is not evaluated: choose one of {', '.join(systems)}"
-    if metric not in ("hit", "mrr", "ndcg"):
-        return f"metric {metric!r} is not one of hit, mrr, ndcg"
+    if metric not in METRICS:
+        return f"metric {metric!r} is not one of {', '.join(METRICS)}"
     if not k.isdigit() or int(k) not in conf.top_k:
         return f"k={k or '(none)'} is not in top_k={conf.top_k}"
     return None
@@ -507,10 +504,7 @@ def _objective_dev_problem(conf: RunConfig, name: str) -> str | None:
 
     key = name.removeprefix("dev/")
     allowed = [PRIMARY] + [
-        f"{qt}_{m}@{k}"
-        for qt in conf.dev.query_types
-        for m in ("hit", "mrr", "ndcg")
-        for k in DEV_KS
+        f"{qt}_{m}@{k}" for qt in conf.dev.query_types for m in METRICS for k in DEV_KS
     ]
     if conf.epochs == 0:
         return "a dev key, but epochs=0 trains nothing to evaluate on dev"

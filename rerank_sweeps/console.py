@@ -270,7 +270,9 @@ def closing_summary(record: dict[str, Any], conf: Any) -> str:
             f"{gate['first_stage']:.3f}"
         )
     if record.get("model_dir"):
-        loader = "CrossEncoder(path)" if conf.arch.name == "ce" else "pylate.models.ColBERT(path)"
+        from rerank_sweeps.archs import get_arch
+
+        loader = get_arch(conf.arch.name).loader
         lines.append(f"model      {record['model_dir']}  ({loader})")
     files = "table.md (all metrics), results.json, record.json, runs/*.trec, run.log"
     lines.append(f"files      {files}{', latency.md' if conf.latency.enabled else ''}")
@@ -282,12 +284,14 @@ def latency_summary(flat: dict[str, float]) -> str:
     """End-to-end p50 (rerank p50) in ms per device, system and candidate count: one line per
     system, to fit a terminal (latency.md has p95, speed-ups and accuracy)."""
     rows: dict[tuple[str, str], dict[int, str]] = {}
-    for key, value in flat.items():
-        parts = key.split("/")
-        if len(parts) != 4 or parts[3] != "p50_ms" or not parts[2].isdigit():
+    from rerank_sweeps.records import LatencyKey
+
+    for name, value in flat.items():
+        key = LatencyKey.try_parse(name)
+        if key is None or key.stat != "p50_ms" or key.n is None:
             continue
-        device, system, n = parts[0], parts[1], int(parts[2])
-        rerank = flat.get(f"{device}/{system}/{n}/rerank_p50_ms")
+        device, system, n = key.device, key.system, key.n
+        rerank = flat.get(str(LatencyKey(device, system, str(n), "rerank_p50_ms")))
         rows.setdefault((device, system), {})[n] = f"{value:.1f}" + (
             f" ({rerank:.1f})" if rerank is not None else ""
         )

@@ -14,40 +14,25 @@ parameter with 95% intervals, dev training curves, then the tables of report.md.
 from __future__ import annotations
 
 import html
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank_sweeps.report import (
-    GATE_MARK,
-    QUERY_TYPES,
-    Axis,
-    completed_with,
-    dev_metric_label,
-    first_stage_dev,
-    gate_cell,
-    gate_failed,
-    gate_note,
-    latency_axis_label,
-    metric_interval,
-    metric_ks,
-    metric_value,
-    param_series,
-    pareto_front,
-    point_groups,
-    quality_latency_points,
-    run_label,
-    summary_line,
-    swept_params,
-    training_curve,
+from rerank_sweeps.dashboard_plots import (
+    parallel_coordinates,
+    param_figures,
+    quality_latency_figure,
+    training_figure,
 )
+from rerank_sweeps.gate import gate_cell, gate_note
+from rerank_sweeps.plotdata import Axis, metric_interval, metric_value, swept_params
+from rerank_sweeps.records import QUERY_TYPES, RERANKED, MetricKey, Record
+from rerank_sweeps.report_tables import metric_ks, summary_line
 
 # Plotly's modebar stays (zoom, pan, download as PNG: all offline); its logo links out.
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
-TEMPLATE = "plotly_white"
 
 
 @dataclass
@@ -90,30 +75,32 @@ def _pct(value: float | None, interval: tuple[float, float] | None) -> Cell:
     return Cell(f"{100 * value:.1f}", value, title, "num")
 
 
-def _metric_columns(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+def _metric_columns(records: Sequence[Record]) -> list[tuple[str, MetricKey]]:
     """(header, metric key) of the reranked hit@k per k and nDCG at its largest k, per type."""
-    keys = {key for r in records for key in (r.get("metrics") or {})}
-    types = [qt for qt in QUERY_TYPES if any(k.startswith(f"{qt}/reranked/") for k in keys)]
-    ndcg_ks = sorted(int(m.group(1)) for k in keys if (m := re.search(r"/reranked/ndcg@(\d+)$", k)))
+    keys = {key for r in records for key in r.metrics}
+    reranked = [key for key in keys if key.system == RERANKED]
+    types = [qt for qt in QUERY_TYPES if any(key.query_type == qt for key in reranked)]
+    ndcg_ks = sorted(key.k for key in reranked if key.metric == "ndcg")
     columns = [
-        (f"hit@{k}\n{qt}", f"{qt}/reranked/hit@{k}")
-        for k in metric_ks(list(records))
+        (f"hit@{k}\n{qt}", MetricKey(qt, RERANKED, "hit", k))
+        for k in metric_ks(records)
         for qt in types
     ]
     if ndcg_ks:  # one nDCG depth keeps the table readable: the largest, as the dev gate uses @10
         columns += [
-            (f"nDCG@{ndcg_ks[-1]}\n{qt}", f"{qt}/reranked/ndcg@{ndcg_ks[-1]}") for qt in types
+            (f"nDCG@{ndcg_ks[-1]}\n{qt}", MetricKey(qt, RERANKED, "ndcg", ndcg_ks[-1]))
+            for qt in types
         ]
     return [(header, key) for header, key in columns if key in keys]
 
 
-def _sweep_name(record: dict[str, Any]) -> str:
-    if record.get("group"):
-        return str(record["group"])
-    return Path(str(record["sweep_dir"])).name if record.get("sweep_dir") else ""
+def _sweep_name(record: Record) -> str:
+    if record.group:
+        return str(record.group)
+    return Path(str(record.sweep_dir)).name if record.sweep_dir else ""
 
 
-def run_table(records: Sequence[dict[str, Any]], objectives: Sequence[str]) -> str:
+def run_table(records: Sequence[Record], objectives: Sequence[str]) -> str:
     """The sortable, filterable run table: one row per record.
 
     Each row's `data-filter` holds `param=value` words, so the filter box also matches
@@ -136,16 +123,16 @@ def run_table(records: Sequence[dict[str, Any]], objectives: Sequence[str]) -> s
     ]
     rows = []
     for i, r in enumerate(records):
-        status = str(r.get("status", "?"))
-        reason = r.get("reason")
+        status = r.status
+        reason = r.reason
         cells = [
             Cell(
-                str(r["job_num"]) if r.get("job_num") is not None else "",
-                r.get("job_num"),
+                str(r.job_num) if r.job_num is not None else "",
+                r.job_num,
                 css="num",
             ),
             Cell(_sweep_name(r)),
-            Cell(run_label(r), title=f"{r.get('name')}\n{r.get('run_dir')}", css="name"),
+            Cell(r.label, title=f"{r.name}\n{r.run_dir}", css="name"),
             *[
                 Cell("–" if values[i] is None else str(values[i]), values[i], css="num")
                 if param_kind_numeric(values)
@@ -191,12 +178,12 @@ def param_kind_numeric(values: Sequence[Any]) -> bool:
     return Axis.of(values).kind != "category"
 
 
-def _gate_cell(record: dict[str, Any]) -> Cell:
+def _gate_cell(record: Record) -> Cell:
     """passed / FAILED with the dev numbers in small print under it / – (no gate recorded)."""
     text = gate_cell(record)
-    if not gate_failed(record):
+    if not record.gate_failed or record.dev_gate is None:
         return Cell(text, css="good" if text == "passed" else "")
-    dev_gate = record["dev_gate"]
+    dev_gate = record.dev_gate
     ours, first = dev_gate.get("reranked"), dev_gate.get("first_stage")
     small = ""
     if isinstance(ours, (int, float)) and isinstance(first, (int, float)):
@@ -204,254 +191,13 @@ def _gate_cell(record: dict[str, Any]) -> Cell:
     return Cell("FAILED", title=text, css="bad", extra_html=small)
 
 
-def _objective_cell(record: dict[str, Any], name: str) -> Cell:
+def _objective_cell(record: Record, name: str) -> Cell:
     value = metric_value(record, name)
     if value is None:
         return Cell("–", css="num")
     interval = metric_interval(record, name)
     title = f"95% interval [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
     return Cell(f"{value:.4f}", value, title, "num")
-
-
-# --- plots ---
-
-
-def _figure(**layout: Any) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    layout = {"template": TEMPLATE, "margin": {"l": 60, "r": 20, "t": 40, "b": 60}} | layout
-    fig.update_layout(**layout)
-    return fig
-
-
-def parallel_coordinates(records: Sequence[dict[str, Any]], objective: str) -> Any | None:
-    """Parallel coordinates: one line per completed run over its swept parameters and objective.
-
-    Categories sit at 0, 1, ... with their names as ticks; a parameter searched over decades
-    (a learning rate) is drawn as log10, since parcoords axes are linear. Drag along an axis
-    to keep only the runs in a range. None when fewer than two runs or no parameter varies.
-    """
-    import plotly.graph_objects as go
-
-    runs = completed_with(records, objective)
-    params = swept_params(runs)
-    keep = [i for i in range(len(runs)) if all(v[i] is not None for v in params.values())]
-    if len(keep) < 2 or not params:
-        return None
-    dimensions = []
-    for key, values in params.items():
-        axis = Axis.of([values[i] for i in keep])
-        positions = [axis.position(values[i]) for i in keep]
-        ticks = axis.tickvals
-        if axis.kind == "log":
-            positions = [math.log10(p) for p in positions if p is not None]
-            ticks = [math.log10(t) for t in ticks]
-        dimension: dict[str, Any] = {"label": key, "values": positions}
-        if len(ticks) <= 12:  # the values tried, not 1.2 and 1.4 between two integers
-            dimension.update(tickvals=ticks, ticktext=axis.ticktext)
-        dimensions.append(dimension)
-    quality = [100 * (metric_value(runs[i], objective) or 0.0) for i in keep]
-    dimensions.append({"label": f"{objective} (%)", "values": quality})
-    fig = _figure(height=440, margin={"l": 70, "r": 70, "t": 70, "b": 30})
-    fig.add_trace(
-        go.Parcoords(
-            dimensions=dimensions,
-            line={
-                "color": quality,
-                # Viridis without its palest yellow, which vanishes on white.
-                "colorscale": [[0.0, "#440154"], [0.5, "#21918c"], [1.0, "#7ad151"]],
-                "showscale": True,
-                "colorbar": {"title": {"text": "%"}},
-            },
-        )
-    )
-    return fig
-
-
-def quality_latency_figure(records: Sequence[dict[str, Any]], objective: str) -> Any | None:
-    """Objective vs end-to-end p50 latency per run, the first stage alone, and the Pareto front.
-
-    The x value is the end-to-end p50 (query embedding, vector search and reranking) of the
-    fp32 reranker at the evaluated number of candidates; the rerank-only p50 is in the hover.
-    """
-    import plotly.graph_objects as go
-
-    points = quality_latency_points(records, objective)
-    if not any(not p.reference for p in points):
-        return None
-    fig = _figure(
-        height=480,
-        xaxis_title=latency_axis_label(points),
-        yaxis_title=f"{objective} (%, 95% interval)",
-        legend={"orientation": "h", "y": -0.2},
-    )
-    symbols = {"reference": "diamond", "run": "circle", "gate_failed": "x"}
-    for _, suffix, kind, group, name in point_groups(points):
-        fig.add_trace(
-            go.Scatter(
-                x=[p.latency.p50_ms for p in group],
-                y=[100 * p.quality for p in group],
-                mode="markers+text",
-                text=[p.label for p in group],
-                textposition="top center",
-                textfont={"size": 10},
-                cliponaxis=False,  # a label near the edge stays whole
-                marker={"symbol": symbols[kind], "size": 10},
-                error_y=_error_bars([p.quality for p in group], [p.interval for p in group]),
-                name=name + suffix,
-                hovertext=[_latency_hover(p, objective) for p in group],
-                hoverinfo="text",
-            )
-        )
-    devices = sorted({p.latency.device for p in points})
-    for device in devices:
-        mine = [p for p in points if p.latency.device == device]
-        suffix = f" ({device})" if len(devices) > 1 else ""
-        front = [mine[i] for i in pareto_front([(p.latency.p50_ms, p.quality) for p in mine])]
-        fig.add_trace(
-            go.Scatter(
-                x=[p.latency.p50_ms for p in front],
-                y=[100 * p.quality for p in front],
-                # A step: each front point holds until a faster-and-better one takes over.
-                mode="lines+markers",
-                line={"shape": "hv", "dash": "dash", "color": "crimson"},
-                marker={"symbol": "circle-open", "size": 16, "color": "crimson"},
-                name=f"Pareto front{suffix}",
-                hoverinfo="skip",
-            )
-        )
-    return fig
-
-
-def _latency_hover(point: Any, objective: str) -> str:
-    lat = point.latency
-    rerank = f"{lat.rerank_p50_ms:.1f} ms" if lat.rerank_p50_ms is not None else "–"
-    interval = (
-        f" [{100 * point.interval[0]:.1f}, {100 * point.interval[1]:.1f}]" if point.interval else ""
-    )
-    return (
-        f"{html.escape(point.label)}<br>{objective}: {100 * point.quality:.1f}%{interval}"
-        f"<br>{lat.device}, {lat.system}, {lat.candidates} candidates"
-        f"<br>end-to-end p50 {lat.p50_ms:.1f} ms, rerank p50 {rerank}"
-    )
-
-
-def _error_bars(
-    values: Sequence[float], intervals: Sequence[tuple[float, float] | None]
-) -> dict[str, Any]:
-    """Plotly's asymmetric error bars in percent (zero where no interval was recorded)."""
-    return {
-        "type": "data",
-        "symmetric": False,
-        "array": [
-            100 * (iv[1] - v) if iv else 0.0 for v, iv in zip(values, intervals, strict=True)
-        ],
-        "arrayminus": [
-            100 * (v - iv[0]) if iv else 0.0 for v, iv in zip(values, intervals, strict=True)
-        ],
-        "thickness": 1,
-        "width": 4,
-    }
-
-
-def param_figures(records: Sequence[dict[str, Any]], objective: str) -> list[tuple[str, Any]]:
-    """(parameter, figure) of the objective against each swept parameter, with intervals.
-
-    Ticks are the values the sweep tried (so an integer parameter has integer ticks), a
-    parameter searched over decades gets a log axis, and series of another categorical
-    parameter (the arch) get their own colour, moved slightly aside so bars do not overlap.
-    """
-    import plotly.graph_objects as go
-
-    runs = completed_with(records, objective)
-    params = swept_params(runs)
-    out = []
-    for key, values in params.items():
-        axis, hue, series, positions = param_series(params, key)
-        fig = _figure(
-            height=360,
-            xaxis={
-                "title": {"text": key},
-                "type": "log" if axis.kind == "log" else "linear",
-                "tickvals": axis.tickvals,
-                "ticktext": axis.ticktext,
-                "zeroline": False,  # x=0 is the first category, not a zero
-            },
-            yaxis_title=f"{objective} (%)",
-            legend={"title": {"text": hue}} if hue else {},
-            showlegend=bool(hue),
-        )
-        for group, mine in series:
-            ys = [metric_value(runs[i], objective) or 0.0 for i in mine]
-            fig.add_trace(
-                go.Scatter(
-                    x=[positions[i] for i in mine],
-                    y=[100 * y for y in ys],
-                    mode="markers",
-                    marker={
-                        "size": 9,
-                        "symbol": ["x" if gate_failed(runs[i]) else "circle" for i in mine],
-                    },
-                    error_y=_error_bars(ys, [metric_interval(runs[i], objective) for i in mine]),
-                    name=f"{hue}={group}" if hue else key,
-                    hovertext=[
-                        f"{html.escape(run_label(runs[i]))}<br>{key}={values[i]}"
-                        f"<br>{objective}: {100 * y:.1f}%"
-                        + (f" {GATE_MARK} dev gate failed" if gate_failed(runs[i]) else "")
-                        for i, y in zip(mine, ys, strict=True)
-                    ],
-                    hoverinfo="text",
-                )
-            )
-        if axis.kind == "category":
-            fig.update_xaxes(range=[-0.5, len(axis.tickvals) - 0.5])
-        out.append((key, fig))
-    return out
-
-
-def training_figure(records: Sequence[dict[str, Any]]) -> Any | None:
-    """The dev metric at each dev evaluation of every run that recorded one (dev_history).
-
-    Step -1 (the model before training) is drawn at 0; the dotted lines are the first stage's
-    dev value that the dev gate compares against.
-    """
-    import plotly.graph_objects as go
-
-    curves = [(r, training_curve(r)) for r in records]
-    curves = [(r, c) for r, c in curves if c]
-    if not curves:
-        return None
-    metric = curves[0][1][0]
-    fig = _figure(
-        height=420,
-        xaxis_title="training step (0: before training)",
-        yaxis_title=dev_metric_label(metric),
-    )
-    for r, (_, points) in curves:
-        fig.add_trace(
-            go.Scatter(
-                x=[max(step, 0) for step, _ in points],
-                y=[value for _, value in points],
-                mode="lines+markers",
-                name=run_label(r) + (GATE_MARK if gate_failed(r) else ""),
-                hovertext=[
-                    f"{html.escape(run_label(r))}<br>"
-                    + ("before training" if step < 0 else f"step {step}")
-                    + f"<br>{dev_metric_label(metric)} {value:.4f}"
-                    for step, value in points
-                ],
-                hoverinfo="text",
-            )
-        )
-    for value in sorted(first_stage_dev(records)):
-        fig.add_hline(
-            y=value,
-            line={"dash": "dot", "color": "grey"},
-            annotation_text=f"first stage {value:.3f}",
-            annotation_position="bottom right",
-        )
-    return fig
 
 
 # --- the page ---
@@ -587,7 +333,7 @@ SCRIPT = """
 
 
 def render_dashboard(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[Record],
     objective: str,
     sections: Sequence[tuple[str, str]],
     title: str = "rerank_sweeps report",
@@ -598,9 +344,7 @@ def render_dashboard(
     run table holds the same and more. Without any plot the page carries no plotly.js.
     """
     records = list(records)
-    objectives = list(
-        dict.fromkeys([objective] + [n for r in records for n in (r.get("objective_names") or [])])
-    )
+    objectives = list(dict.fromkeys([objective] + [n for r in records for n in r.objective_names]))
     plots: list[tuple[str, str, str]] = []  # (heading, explanation, HTML)
     parcoords = parallel_coordinates(records, objective)
     if parcoords is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import RunConfig
 from rerank_sweeps.data import Doc, EvalQuery, Split, load_split, normalize
+from rerank_sweeps.records import METRICS
 
 DEVSPLIT_VERSION = 1
 DEV_KS = (5, 10)
@@ -163,7 +164,7 @@ def ranking_metrics(data: DevData, rank: Any) -> dict[str, float]:
             rows = [
                 query_metrics(r, it.relevant, k) for r, it in zip(rankings, data.items, strict=True)
             ]
-            for m in ("hit", "mrr", "ndcg"):
+            for m in METRICS:
                 out[f"{qt}_{m}@{k}"] = round(_mean([r[m] for r in rows]), 6)
     out[PRIMARY] = round(_mean([out[f"{qt}_{PRIMARY}"] for qt in data.types]), 6)
     return out
@@ -228,10 +229,11 @@ def gate_message(dev_gate: dict[str, Any]) -> str:
 
 def model_reranker(arch: str, model: Any, batch_size: int, meta: dict[str, Any]) -> Any:
     """Our LanceDB reranker around an in-memory model (fp32: no ties from rounding)."""
-    from rerank_sweeps.rerankers import RERANKER_CLASSES
+    from rerank_sweeps.archs import get_arch
 
     device = str(getattr(model, "device", "cpu"))
-    reranker = RERANKER_CLASSES[arch](".", device=device, bf16=False, batch_size=batch_size)
+    cls = get_arch(arch).reranker_class()
+    reranker = cls(".", device=device, bf16=False, batch_size=batch_size)
     reranker.meta = dict(meta)
     reranker.__dict__["model"] = model  # fills the lazy `model` property
     return reranker

@@ -16,7 +16,7 @@
 
 `teacher_scores_stage` scores each training tuple's (question, positive, negatives...) with
 the teacher once, in fp32, into its own artifact (key: the negatives artifact and the
-teacher's identity). The losses that read it (`TEACHER_LOSSES`) build their datasets with
+teacher's identity). The losses that read it (the architectures' `teacher_losses`) build their datasets with
 `margin_mse_rows`, `mse_pairs` and `distillation_rows`.
 """
 
@@ -37,8 +37,6 @@ from omegaconf import OmegaConf
 
 from rerank_sweeps.cache import MARKER, Artifact, Cache
 from rerank_sweeps.config import (
-    ARCH_LOSSES,
-    TEACHER_LOSSES,
     ArchConfig,
     ConfigError,
     RunConfig,
@@ -103,33 +101,26 @@ def _group_yaml(group: str, name: str) -> dict[str, Any]:
 
 def loss_uses_teacher(loss: str) -> bool:
     """Whether a loss (as `train.loss_name` gives it) trains on teacher scores."""
-    return loss in TEACHER_LOSSES
+    from rerank_sweeps.archs import ARCHITECTURES
+
+    return any(loss in arch.teacher_losses for arch in ARCHITECTURES.values())
 
 
 def uses_teacher(conf: RunConfig) -> bool:
     """Whether this run's loss reads teacher scores (a teacher set for another loss is unused)."""
-    return loss_uses_teacher(conf.arch.loss or ARCH_LOSSES[conf.arch.name][0])
+    from rerank_sweeps.archs import get_arch
+
+    return loss_uses_teacher(get_arch(conf.arch.name).loss_name(conf))
 
 
 def detect_model_kind(path: Path) -> str:
-    """`ce` or `colbert` for a local model directory, from its files; else a one-line error.
+    """The architecture name of a local model directory, from its files (see each
+    architecture's `detect`); else a one-line error."""
+    from rerank_sweeps.archs import detect_arch
 
-    A PyLate ColBERT lists a `pylate` module in modules.json (a Stanford ColBERT checkpoint has
-    artifact.metadata); a cross-encoder is a `*ForSequenceClassification` transformers model.
-    """
-    modules = path / "modules.json"
-    if modules.is_file() and "pylate" in modules.read_text(encoding="utf-8", errors="replace"):
-        return "colbert"
-    if (path / "artifact.metadata").is_file():
-        return "colbert"
-    config = path / "config.json"
-    if config.is_file():
-        try:
-            architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures")
-        except (json.JSONDecodeError, AttributeError):
-            architectures = None
-        if any(str(a).endswith("ForSequenceClassification") for a in architectures or []):
-            return "ce"
+    arch = detect_arch(path)
+    if arch is not None:
+        return arch.name
     raise ConfigError(
         f"arch.teacher={str(path)!r} is not allowed: neither a cross-encoder (config.json with a "
         "*ForSequenceClassification architecture) nor a PyLate ColBERT (modules.json with a "
@@ -244,7 +235,9 @@ def check_teacher(conf: RunConfig) -> None:
     """Config-time checks of `arch.teacher` (RunConfig calls this): a one-line ConfigError
     for a teacher loss without a teacher, a malformed teacher, an untrained teacher, or a
     teacher that is the model being trained (a cycle)."""
-    loss = conf.arch.loss or ARCH_LOSSES[conf.arch.name][0]
+    from rerank_sweeps.archs import get_arch
+
+    loss = get_arch(conf.arch.name).loss_name(conf)
     if loss_uses_teacher(loss) and conf.arch.teacher is None:
         raise ConfigError(
             f"arch.loss={loss!r} is not allowed without a teacher: set arch.teacher "
@@ -348,7 +341,8 @@ def reranker_scorer(
 ) -> Callable[[list[str], list[str]], list[float]]:
     """A cross-encoder's raw logit or a ColBERT's MaxSim per pair, through our LanceDB
     reranker adapters (the scoring the evaluation uses), in fp32."""
-    from rerank_sweeps.rerankers import RERANKER_CLASSES, load_reranker
+    from rerank_sweeps.archs import get_arch
+    from rerank_sweeps.rerankers import load_reranker
 
     options = {"device": conf.eval.device, "bf16": False, "batch_size": conf.eval.batch_size}
     if teacher_art is not None:
@@ -358,7 +352,7 @@ def reranker_scorer(
         if (path / "reranker.json").is_file():
             reranker = load_reranker(path, **options)
         else:
-            reranker = RERANKER_CLASSES[str(spec.model_kind)](path, **options)
+            reranker = get_arch(str(spec.model_kind)).reranker_class()(path, **options)
 
     def score(queries: list[str], texts: list[str]) -> list[float]:
         return [float(v) for v in reranker.score_pairs(queries, texts)]

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rerank_sweeps.cache import Artifact
+from rerank_sweeps.cache import Artifact, artifact_at
 from rerank_sweeps.config import ConfigError, RunConfig, UserError
 
 log = logging.getLogger(__name__)
@@ -298,8 +298,10 @@ def _accuracy(
 
     pairs = ev.unique_pairs(items, texts)
     if cached_scores is not None:
-        art = Artifact("scores", cached_scores.name, cached_scores, True)
-        read = ev.read_scores(art, items, texts)
+        found = artifact_at(cached_scores)
+        if found is None:
+            raise UserError(f"{cached_scores} is not a finished scores artifact")
+        read = ev.read_scores(found[1], items, texts)
         flat = np.asarray([s for _, s in read], dtype=np.float32)
         log.info("latency: %s accuracy from the evaluation's cached scores", system)
     else:
@@ -339,8 +341,10 @@ def _system_meta(reranker: Any, optimization: str) -> dict[str, Any]:
         "batch_size": reranker.batch_size,
         "max_length": reranker.meta.get("max_length"),
     }
-    if reranker.meta.get("arch") == "colbert":
-        meta["query_length"] = reranker.meta.get("query_length")
+    from rerank_sweeps.archs import get_arch
+
+    for name in get_arch(reranker.meta.get("arch")).card_fields:
+        meta[name] = reranker.meta.get(name)
     lean = getattr(reranker, "lean", None)
     # The lean scorers transform the reranker's own model object in place.
     meta["parameters"] = model_dtype_summary(reranker.model)

@@ -79,11 +79,14 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return masked
 
 
-def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
-    """Run every stage for one composed config, record it, and return its objective."""
+def run(cfg: DictConfig, run_dir: Path | None = None, conf: RunConfig | None = None) -> RunResult:
+    """Run every stage for one composed config, record it, and return its objective.
+
+    `conf` is `validate(cfg)` when the caller has it already (the Hydra job does).
+    """
     from rerank_sweeps import tracking
 
-    conf = validate(cfg)
+    conf = conf if conf is not None else validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(conf)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = resolved_config(cfg)

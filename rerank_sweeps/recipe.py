@@ -9,17 +9,26 @@ from each trial's record.json afterwards, for the page, and never feed back into
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rerank_sweeps.records import (
+    BASELINE,
+    FUSED,
+    QUERY_TYPES,
+    RERANKED,
+    MetricKey,
+    PairedKey,
+    Record,
+)
 from rerank_sweeps.stats import record_p_text
 
 COMMAND = "python -m rerank_sweeps -m experiment=recipe_search"
-EVAL_METRIC = "hit@5"
+EVAL_METRIC, EVAL_K = "hit", 5  # the eval numbers shown beside each trial
+EVAL_TEXT = "hit@5"  # how the page names them
 
 
 def storage_url(path_or_url: str) -> str:
@@ -43,7 +52,9 @@ def load_trials(storage: str, study: str | None = None) -> tuple[Any, list[dict[
         run_dir = trial.user_attrs.get("run_dir")
         record_path = Path(run_dir) / "record.json" if run_dir else None
         record = (
-            json.loads(record_path.read_text()) if record_path and record_path.is_file() else {}
+            Record.load(record_path)
+            if record_path and record_path.is_file()
+            else Record.from_json({})
         )
         rows.append(
             {
@@ -75,10 +86,9 @@ def _space_text(distribution: Any) -> str:
     return f"from {distribution.low:g} to {distribution.high:g}{log}"
 
 
-def _comparison(record: dict[str, Any], qt: str, system: str) -> str:
-    metrics, paired = record.get("metrics", {}), record.get("paired", {})
-    value = metrics.get(f"{qt}/{system}/{EVAL_METRIC}")
-    pair = paired.get(f"{qt}/{system}-baseline/{EVAL_METRIC}")
+def _comparison(record: Record, qt: str, system: str) -> str:
+    value = record.metric(MetricKey(qt, system, EVAL_METRIC, EVAL_K))
+    pair = record.paired.get(PairedKey(qt, system, BASELINE, EVAL_METRIC, EVAL_K))
     if value is None or not pair:
         return "–"
     lo, hi = (100 * v for v in pair["interval"])
@@ -92,7 +102,7 @@ def render(
     finished = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
     params = sorted({k for r in rows for k in r["params"]})
     objective = next(
-        (r["record"]["objective_names"][0] for r in rows if r["record"].get("objective_names")),
+        (r["record"].objective_names[0] for r in rows if r["record"].objective_names),
         "the objective",
     )
     space = {}
@@ -120,25 +130,25 @@ def render(
         "## Trials",
         "",
         "| trial | " + " | ".join(params) + " | dev nDCG@10 | dev first stage | dev gate | "
-        f"eval vector {EVAL_METRIC} (Δ vs baseline) | eval hybrid {EVAL_METRIC} (Δ vs baseline) |",
+        f"eval vector {EVAL_TEXT} (Δ vs baseline) | eval hybrid {EVAL_TEXT} (Δ vs baseline) |",
         "|" + "---|" * (len(params) + 6),
     ]
     for r in sorted(rows, key=lambda r: (r["value"] is None, -(r["value"] or 0.0))):
         rec = r["record"]
-        gate = rec.get("dev_gate") or {}
+        gate = rec.dev_gate or {}
         cells = [str(r["number"])] + [_num(r["params"].get(p)) for p in params]
         cells += [
             _num(r["value"]) if r["state"] == "complete" else r["state"],
             _num(gate.get("first_stage")),
             ("passed" if gate.get("passed") else "failed") if gate else "–",
-            _comparison(rec, "vector", "reranked"),
-            _comparison(rec, "hybrid", "reranked"),
+            _comparison(rec, "vector", RERANKED),
+            _comparison(rec, "hybrid", RERANKED),
         ]
         out.append("| " + " | ".join(cells) + " |")
     if finished:
         best = max(finished, key=lambda r: r["value"])
         rec = best["record"]
-        gate = rec.get("dev_gate") or {}
+        gate = rec.dev_gate or {}
         overrides = " ".join(f"{k}={_num(v, 4)}" for k, v in sorted(best["params"].items()))
         out += [
             "",
@@ -150,16 +160,16 @@ def render(
             "first stage"
             + (f" (dev gate {'passed' if gate.get('passed') else 'FAILED'})" if gate else ""),
         ]
-        for qt in ("vector", "fts", "hybrid"):
-            base = rec.get("metrics", {}).get(f"{qt}/baseline/{EVAL_METRIC}")
+        for qt in QUERY_TYPES:
+            base = rec.metric(MetricKey(qt, BASELINE, EVAL_METRIC, EVAL_K))
             if base is None:
                 continue
             out.append(
-                f"- eval {qt} {EVAL_METRIC}: baseline {base:.3f}; reranked "
-                f"{_comparison(rec, qt, 'reranked')}; fused {_comparison(rec, qt, 'fused')}"
+                f"- eval {qt} {EVAL_TEXT}: baseline {base:.3f}; reranked "
+                f"{_comparison(rec, qt, RERANKED)}; fused {_comparison(rec, qt, FUSED)}"
             )
-        if rec.get("run_dir"):
-            out.append(f"- run: `{rec['run_dir']}`")
+        if rec.run_dir:
+            out.append(f"- run: `{rec.run_dir}`")
     return "\n".join(out) + "\n"
 
 

@@ -1,10 +1,11 @@
 """Our trained rerankers as `lancedb.rerankers.Reranker`s, so the path we measure is the path
 users run: `tbl.search(query_type="hybrid").vector(v).text(q).rerank(reranker=ours).limit(k)`.
 
-`load_reranker(model_artifact_dir)` reads the artifact's reranker.json and returns a
-`CrossEncoderReranker` (sentence-transformers CrossEncoder, raw logits as scores) or a
-`ColBERTReranker` (PyLate ColBERT, MaxSim). Both are batched, device-aware and can run under
-bf16 autocast. Scores are float32; the ranking is a stable sort on descending score, so ties
+`ModelReranker` is what every architecture's reranker shares (LanceDB's interface, primed
+scores, timing, bf16 autocast); each architecture's own subclass lives in its module under
+`rerank_sweeps/archs/` (`archs.ce.CrossEncoderReranker`: raw logits as scores;
+`archs.colbert.ColBERTReranker`: MaxSim). `load_reranker(model_artifact_dir)` reads the
+artifact's reranker.json and returns the reranker of its architecture. Scores are float32; the ranking is a stable sort on descending score, so ties
 keep the incoming order (vector leg first, then the FTS leg's new rows, for hybrid).
 
 Evaluation scores every unique (query, text) pair once in one length-sorted batched pass and
@@ -14,15 +15,9 @@ running the model again, for every k and query type.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -229,159 +224,12 @@ class ModelReranker(Reranker):
         return self._keep_relevance_score(self._rerank(query, merged))
 
 
-def _length_sorted(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-    # Sorting by length keeps padding (wasted compute) small inside each batch.
+def length_sorted(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """Pair indices, longest pair first: batches of similar length waste little padding."""
     lengths = np.fromiter(
         (len(q) + len(t) for q, t in zip(queries, texts, strict=True)), dtype=np.int64
     )
     return np.argsort(-lengths, kind="stable")
-
-
-class CrossEncoderReranker(ModelReranker):
-    """A sentence-transformers CrossEncoder; the score of a pair is its raw logit.
-
-    Raw logits rank exactly like the sigmoid probabilities but do not saturate into float32
-    ties at 1.0.
-    """
-
-    @cached_property
-    def model(self) -> Any:
-        """The CrossEncoder, loaded on first use."""
-        from sentence_transformers import CrossEncoder
-
-        max_length = self.meta.get("max_length")
-        ce = CrossEncoder(str(self.model_dir), device=self.device, max_length=max_length)
-        ce.model.eval()
-        return ce
-
-    def _score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
-        ce = self.model
-        order = _length_sorted(queries, texts)
-        max_length = ce.max_length or min(ce.tokenizer.model_max_length, 512)
-        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        local = threading.local()
-
-        def tokenize(idx: np.ndarray) -> Any:
-            # A fast tokenizer mutates its Rust state per call: one copy per worker thread.
-            if not hasattr(local, "tokenizer"):
-                local.tokenizer = ce.tokenizer if workers == 0 else copy.deepcopy(ce.tokenizer)
-            return local.tokenizer(
-                [queries[i] for i in idx],
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-
-        out = np.empty(len(queries), dtype=np.float32)
-        workers = self.tokenize_workers
-        if workers == 0:
-            for idx in batches:
-                out[idx] = self._forward(tokenize(idx))
-            return out
-        # On a GPU the forward pass is faster than tokenising on one core: worker threads
-        # tokenise the next batches (a bounded window) while the device runs this one.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            window = 2 * workers
-            pending = deque(pool.submit(tokenize, idx) for idx in batches[:window])
-            for n, idx in enumerate(batches):
-                features = pending.popleft().result()
-                if n + window < len(batches):
-                    pending.append(pool.submit(tokenize, batches[n + window]))
-                out[idx] = self._forward(features)
-        return out
-
-    def _forward(self, features: Any) -> np.ndarray:
-        import torch
-
-        features = features.to(self.device)
-        with torch.inference_mode(), self._autocast():
-            self._sync()
-            started = time.perf_counter()
-            logits = self.model.model(**features, return_dict=True).logits
-            self._sync()
-            self.forward_seconds += time.perf_counter() - started
-        logits = logits.float()
-        if logits.shape[-1] == 1:
-            scores = logits[:, 0]
-        else:  # a classifier head: log-probability of the last ("relevant") class
-            scores = torch.log_softmax(logits, dim=-1)[:, -1]
-        return scores.cpu().numpy()
-
-
-class ColBERTReranker(ModelReranker):
-    """A PyLate ColBERT; the score of a pair is MaxSim over token embeddings."""
-
-    @cached_property
-    def model(self) -> Any:
-        """The ColBERT model, loaded on first use, with forward timing hooks."""
-        from pylate import models
-
-        kwargs: dict[str, Any] = {"device": self.device}
-        if self.meta.get("query_length"):
-            kwargs["query_length"] = int(self.meta["query_length"])
-        if self.meta.get("max_length"):
-            kwargs["document_length"] = int(self.meta["max_length"])
-        colbert = models.ColBERT(str(self.model_dir), **kwargs)
-        colbert.eval()
-        modules = list(colbert.children())
-        started: list[float] = []
-
-        # PyLate calls `forward` directly, so the hooks sit on its first and last modules.
-        def begin(*_: Any) -> None:
-            self._sync()
-            started.append(time.perf_counter())
-
-        def end(*_: Any) -> None:
-            self._sync()
-            if started:
-                self.forward_seconds += time.perf_counter() - started.pop()
-
-        modules[0].register_forward_pre_hook(begin)
-        modules[-1].register_forward_hook(end)
-        return colbert
-
-    def _encode(self, texts: list[str], is_query: bool) -> list[Any]:
-        import torch
-
-        with torch.inference_mode(), self._autocast():
-            embeddings = self.model.encode(
-                texts,
-                batch_size=self.batch_size,
-                is_query=is_query,
-                convert_to_numpy=False,
-                convert_to_tensor=False,
-                show_progress_bar=False,
-            )
-        return [e.float() for e in embeddings]
-
-    def _score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
-        import torch
-
-        unique_queries = list(dict.fromkeys(queries))
-        unique_texts = list(dict.fromkeys(texts))
-        q_emb = dict(zip(unique_queries, self._encode(unique_queries, True), strict=True))
-        d_emb = dict(zip(unique_texts, self._encode(unique_texts, False), strict=True))
-        out = np.empty(len(queries), dtype=np.float32)
-        by_query: dict[str, list[int]] = {}
-        for i, q in enumerate(queries):
-            by_query.setdefault(q, []).append(i)
-        for q, rows in by_query.items():
-            docs = [d_emb[texts[i]] for i in rows]
-            padded = torch.nn.utils.rnn.pad_sequence(docs, batch_first=True)
-            lengths = torch.tensor([d.shape[0] for d in docs], device=padded.device)
-            mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
-            sim = torch.einsum("qd,nld->nql", q_emb[q], padded)
-            sim = sim.masked_fill(~mask[:, None, :], float("-inf"))
-            out[rows] = sim.max(dim=2).values.sum(dim=1).cpu().numpy()
-        return out
-
-
-RERANKER_CLASSES: dict[str, type[ModelReranker]] = {
-    "ce": CrossEncoderReranker,
-    "colbert": ColBERTReranker,
-}
 
 
 def read_reranker_meta(model_artifact_dir: str | Path) -> dict[str, Any]:
@@ -393,8 +241,12 @@ def read_reranker_meta(model_artifact_dir: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not JSON ({err.msg})") from None
-    if meta.get("arch") not in RERANKER_CLASSES:
-        raise UserError(f"{path}: arch={meta.get('arch')!r} is not one of ce, colbert")
+    from rerank_sweeps.archs import ARCHITECTURES
+
+    if meta.get("arch") not in ARCHITECTURES:
+        raise UserError(
+            f"{path}: arch={meta.get('arch')!r} is not one of {', '.join(ARCHITECTURES)}"
+        )
     return meta
 
 
@@ -405,8 +257,10 @@ def load_reranker(
     batch_size: int = 64,
 ) -> ModelReranker:
     """The LanceDB reranker for a model artifact (`model/` + reranker.json); loads lazily."""
+    from rerank_sweeps.archs import get_arch
+
     meta = read_reranker_meta(model_artifact_dir)
-    cls = RERANKER_CLASSES[meta["arch"]]
+    cls = get_arch(meta["arch"]).reranker_class()
     return cls(
         Path(model_artifact_dir) / "model",
         device=device,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,7 +179,8 @@ def chunks(lengths: np.ndarray, batch_size: int, sort: bool) -> list[np.ndarray]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _pad_width(width: int, multiple: int) -> int:
+def pad_width(width: int, multiple: int) -> int:
+    """`width` rounded up to a multiple of `multiple` (unchanged for multiple <= 1)."""
     return width if multiple <= 1 else -(-width // multiple) * multiple
 
 
@@ -234,232 +234,6 @@ def maybe_compile(fn: Any, opt: Optimization) -> Any:
     return torch.compile(fn, dynamic=True)
 
 
-class LeanCrossEncoder:
-    """Score (query, text) pairs with a sentence-transformers CrossEncoder at low overhead.
-
-    Scores equal `rerankers.CrossEncoderReranker`'s (raw logit; log-probability of the last
-    class for a classifier head) up to floating-point rounding.
-    """
-
-    def __init__(
-        self,
-        cross_encoder: Any,
-        device: str,
-        opt: Optimization,
-        batch_size: int,
-        sort_batch_size: int,
-    ) -> None:
-        self.tokenizer = cross_encoder.tokenizer
-        self.max_length = int(cross_encoder.max_length or min(self.tokenizer.model_max_length, 512))
-        self.device = device
-        self.opt = opt
-        self.batch_size = int(sort_batch_size if opt.sort else batch_size)
-        self.model = transform_module(cross_encoder.model, opt, device)
-        self.forward = maybe_compile(self.model, opt)
-        self.multiple = (
-            GRAPH_PAD_MULTIPLE if opt.graphs else COMPILE_PAD_MULTIPLE if opt.compile else 1
-        )
-        # (rows, width) -> (graph, static inputs, static logits); filled by _graph_logits.
-        self.graphs: dict[tuple[int, int], tuple[Any, dict[str, Any], Any]] = {}
-        self.graph_pool: Any = None
-
-    def _graph_logits(self, batch: dict[str, Any]) -> Any:
-        """Logits of `batch` by replaying the CUDA graph of its shape (captured on first use)."""
-        import torch
-
-        key = tuple(batch["input_ids"].shape)
-        if key not in self.graphs:
-            static = {k: v.clone() for k, v in batch.items()}
-            # Capture needs a warmed-up side stream (cuBLAS handles, lazy inits) first.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self.model(**static, return_dict=True)
-            torch.cuda.current_stream().wait_stream(side)
-            if self.graph_pool is None:
-                self.graph_pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.graph_pool):
-                logits = self.model(**static, return_dict=True).logits
-            self.graphs[key] = (graph, static, logits)
-        graph, static, logits = self.graphs[key]
-        for k, v in batch.items():
-            static[k].copy_(v)
-        graph.replay()
-        return logits
-
-    @property
-    def max_width(self) -> int:
-        """The widest padded batch: max_length padded, never past the model's position table."""
-        positions = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-        return min(_pad_width(self.max_length, self.multiple), int(positions or 10**9))
-
-    def chunk_sizes(self, n: int) -> list[int]:
-        """The distinct batch row counts that scoring `n` pairs produces."""
-        return sorted({len(idx) for idx in chunks(np.zeros(n), self.batch_size, self.opt.sort)})
-
-    def warm_shapes(self, counts: Sequence[int]) -> int:
-        """Run (and for `graphs`, capture) every batch shape that scoring `counts` pairs can
-        produce, so no timed call meets a new shape; returns how many shapes were run.
-
-        Widths are every padded width up to `max_length` (every width when nothing pads);
-        rows the chunk sizes of each count. Timings after this meet only shapes that have
-        already run once (cuBLAS heuristics, allocator blocks and graphs included). Meant for
-        GPUs, where a new shape costs a visible first call.
-        """
-        import torch
-
-        sample = self.tokenizer(["q"], ["t"], return_tensors="pt")
-        step = max(self.multiple, 1)
-        widths = sorted(set(range(step, self.max_width + 1, step)) | {self.max_width})
-        rows = sorted({r for n in counts for r in self.chunk_sizes(int(n))})
-        with torch.inference_mode():
-            for r in rows:
-                for w in widths:
-                    batch = {
-                        k: torch.zeros((r, w), dtype=v.dtype, device=self.device)
-                        for k, v in sample.items()
-                    }
-                    batch["attention_mask"] += 1
-                    batch["input_ids"] += int(self.tokenizer.cls_token_id or 0)
-                    self._logits(batch)
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return len(rows) * len(widths)
-
-    def _logits(self, batch: dict[str, Any]) -> Any:
-        if self.opt.graphs:
-            return self._graph_logits(batch)
-        return self.forward(**batch, return_dict=True).logits
-
-    def __call__(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        """Scores of the pairs (queries[i], texts[i]) as float32."""
-        import torch
-
-        if not len(queries):
-            return np.empty(0, dtype=np.float32)
-        # One tokenizer call for all pairs; batches are slices trimmed to their longest row.
-        enc = self.tokenizer(
-            list(queries),
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        lengths = enc["attention_mask"].sum(dim=1).numpy()
-        # Room for every padded width (the tokenizer refuses to pad past its truncation length
-        # to a multiple); the extra columns are pad tokens under a zero attention mask.
-        full = min(_pad_width(enc["input_ids"].shape[1], self.multiple), self.max_width)
-        if full > enc["input_ids"].shape[1]:
-            extra = full - enc["input_ids"].shape[1]
-            pad_id = int(self.tokenizer.pad_token_id or 0)
-            enc = {
-                k: torch.nn.functional.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0)
-                for k, v in enc.items()
-            }
-        enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
-        out = torch.empty(len(queries), dtype=torch.float32)
-        with torch.inference_mode():
-            for idx in chunks(lengths, self.batch_size, self.opt.sort):
-                width = min(
-                    _pad_width(int(lengths[idx].max()), self.multiple), enc["input_ids"].shape[1]
-                )
-                rows = torch.as_tensor(idx, device=self.device)
-                batch = {k: v.index_select(0, rows)[:, :width] for k, v in enc.items()}
-                logits = self._logits(batch).float()
-                if logits.shape[-1] == 1:
-                    scores = logits[:, 0]
-                else:  # same convention as rerankers.CrossEncoderReranker
-                    scores = torch.log_softmax(logits, dim=-1)[:, -1]
-                out[torch.as_tensor(idx)] = scores.cpu()
-        return out.numpy()
-
-
-class LeanColBERT:
-    """Score (query, text) pairs with a PyLate ColBERT (MaxSim) at low overhead.
-
-    Tokenisation is PyLate's own (`ColBERT.tokenize`: prefix tokens, query expansion), and the
-    masks are PyLate's (queries: every token under query expansion; documents: attention mask
-    minus the punctuation skiplist), so scores equal `rerankers.ColBERTReranker`'s up to
-    rounding. Each unique query and text is encoded once per call.
-    """
-
-    def __init__(
-        self, colbert: Any, device: str, opt: Optimization, batch_size: int, sort_batch_size: int
-    ) -> None:
-        import torch
-
-        self.colbert = colbert
-        self.device = device
-        self.opt = opt
-        self.batch_size = int(sort_batch_size if opt.sort else batch_size)
-        self.skiplist = torch.tensor(sorted(set(colbert.skiplist)), dtype=torch.long, device=device)
-        transform_module(colbert, opt, device)  # in place: PyLate's tokenize/forward stay
-        self.forward = maybe_compile(colbert.forward, opt)
-
-    def _encode(self, texts: list[str], is_query: bool) -> tuple[Any, Any]:
-        """Normalised token embeddings (n, L, D) in float32 and the MaxSim mask (n, L)."""
-        import torch
-
-        features = self.colbert.tokenize(texts, is_query=is_query)
-        lengths = features["attention_mask"].sum(dim=1).numpy()
-        features = {k: v.to(self.device, non_blocking=True) for k, v in features.items()}
-        width_all = features["input_ids"].shape[1]
-        dim = self.colbert.get_sentence_embedding_dimension() or 0
-        embeddings: Any = None
-        multiple = COMPILE_PAD_MULTIPLE if self.opt.compile else 1
-        # Queries have one fixed (expanded) length: no sorting or trimming to gain.
-        sort = self.opt.sort and not is_query
-        for idx in chunks(lengths, self.batch_size, sort):
-            width = (
-                width_all
-                if is_query
-                else min(_pad_width(int(lengths[idx].max()), multiple), width_all)
-            )
-            rows = torch.as_tensor(idx, device=self.device)
-            batch = {k: v.index_select(0, rows)[:, :width] for k, v in features.items()}
-            tokens = self.forward(batch)["token_embeddings"].float()
-            if embeddings is None:
-                dim = tokens.shape[-1]
-                embeddings = torch.zeros(len(texts), width_all, dim, device=self.device)
-            embeddings[rows, :width] = tokens
-        embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
-        if is_query and self.colbert.do_query_expansion:
-            mask = torch.ones_like(features["input_ids"], dtype=torch.bool)
-        else:
-            mask = features["attention_mask"].bool()
-            if not is_query:
-                mask &= ~torch.isin(features["input_ids"], self.skiplist)
-        return embeddings, mask
-
-    def __call__(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        """Scores of the pairs (queries[i], texts[i]) as float32."""
-        import torch
-
-        if not len(queries):
-            return np.empty(0, dtype=np.float32)
-        unique_q = list(dict.fromkeys(queries))
-        unique_t = list(dict.fromkeys(texts))
-        q_pos = {q: i for i, q in enumerate(unique_q)}
-        t_pos = {t: i for i, t in enumerate(unique_t)}
-        out = np.empty(len(queries), dtype=np.float32)
-        with torch.inference_mode():
-            q_emb, q_mask = self._encode(unique_q, is_query=True)
-            d_emb, d_mask = self._encode(unique_t, is_query=False)
-            by_query: dict[int, list[int]] = {}
-            for i, q in enumerate(queries):
-                by_query.setdefault(q_pos[q], []).append(i)
-            for qi, rows in by_query.items():
-                docs = torch.as_tensor([t_pos[texts[i]] for i in rows], device=self.device)
-                q = q_emb[qi][q_mask[qi]]  # (Lq, D)
-                sim = torch.einsum("qd,nld->nql", q, d_emb[docs])
-                sim = sim.masked_fill(~d_mask[docs][:, None, :], float("-inf"))
-                out[rows] = sim.max(dim=2).values.sum(dim=1).cpu().numpy()
-        return out
-
-
 def apply_optimization(
     reranker: Any,
     optimization: str | Optimization,
@@ -492,27 +266,24 @@ def apply_optimization(
         reranker.bf16 = True
         return reranker
     reranker.bf16 = False  # the lean scorer sets its own dtype; no autocast on top
-    arch = reranker.meta.get("arch")
-    batch = int(batch_size or reranker.batch_size)
-    if arch == "ce":
-        lean: Any = LeanCrossEncoder(reranker.model, reranker.device, opt, batch, sort_batch_size)
-    elif arch == "colbert" and opt.graphs:
+    from rerank_sweeps.archs import get_arch
+
+    arch = get_arch(reranker.meta.get("arch"))
+    if opt.graphs and not arch.supports_graphs:
         raise ConfigError(
             f"latency.optimizations={opt.name!r}: CUDA graphs are implemented for the "
-            "cross-encoder only (ColBERT's PyLate forward is not captured)"
+            f"cross-encoder only ({arch.title}'s forward is not captured)"
         )
-    elif arch == "colbert":
-        lean = LeanColBERT(reranker.model, reranker.device, opt, batch, sort_batch_size)
-    else:
-        raise ConfigError(f"latency.optimizations={opt.name!r}: no lean path for arch {arch!r}")
+    batch = int(batch_size or reranker.batch_size)
+    lean = arch.lean_scorer(reranker.model, reranker.device, opt, batch, sort_batch_size)
     if opt.backend is not None:
         from rerank_sweeps.backends import load_runner
 
         runner = load_runner(
-            reranker.model, arch, reranker.model_dir.parent, opt.backend, cache=cache
+            reranker.model, arch.name, reranker.model_dir.parent, opt.backend, cache=cache
         )
         # Tokenising, batching, sorting and the score conventions stay the lean scorer's.
-        lean.forward = runner.hf_forward if arch == "ce" else runner.st_forward
+        lean.forward = arch.runner_forward(runner)
         lean.runner = runner
     reranker.lean = lean
     # An instance attribute shadows the class method: score_pairs -> _score_pairs -> lean.

@@ -24,7 +24,8 @@ distribution of |sum(d_i - delta)| unchanged. Two-sided throughout.
   bisection uses the very p reported, so the interval contains 0 exactly when p >= 0.05: an
   interval and a p-value of one comparison cannot disagree.
 
-`holm` is Holm's step-down adjustment, applied within a family of comparisons (docs/results.md
+`paired_by_query` pairs two systems' per-query values by query id (the results page compares
+two runs from their TREC files this way). `holm` is Holm's step-down adjustment, applied within a family of comparisons (docs/results.md
 uses each finding's comparisons as its family).
 """
 
@@ -198,6 +199,22 @@ def paired_comparison(
     p, floor = flips.p(0.0), flips.reached(0.0) == 0 and not flips.exact
     low, high = _invert(flips.p, mean, p, bounds)
     return PairedResult(mean, low, high, p, n, SIGN_FLIP, flips.count, p_floor=floor)
+
+
+def paired_by_query(
+    a: dict[str, float],
+    b: dict[str, float],
+    metric: str = "hit",
+    permutations: int = PERMUTATIONS,
+    seed: int = 0,
+) -> PairedResult:
+    """`paired_comparison` of mean(a - b) over the query ids both score (exact McNemar for
+    hit); the same per-query values give the evaluation's numbers whatever their order."""
+    qids = sorted(set(a) & set(b))
+    if not qids:
+        raise ValueError("the two runs share no query")
+    diffs = np.asarray([a[q] - b[q] for q in qids], dtype=np.float64)
+    return paired_comparison(diffs, metric, permutations, seed)
 
 
 def _invert(

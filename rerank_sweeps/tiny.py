@@ -5,21 +5,20 @@ sentence-transformers directories under `models_home()`: 2 layers, hidden size 3
 WordPiece vocabulary (special tokens, characters, subword pieces and a fixed word list), so any
 ASCII text tokenizes without [UNK] floods. Weights come from a fixed seed, so every process
 that builds them gets byte-identical models. A build writes into a temp dir and renames it into
-place under a file lock: parallel test processes build each model once and never see half of it.
+place under a file lock (`cache.build_atomically`): parallel test processes build each model
+once and never see half of it. `models` lists these ids among its offline builders; this
+module imports nothing from `models`, so the two never import each other.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import string
-import uuid
 from pathlib import Path
 
-from filelock import FileLock
+from rerank_sweeps.cache import build_atomically, models_home
 
-from rerank_sweeps.models import TINY_PREFIX, models_home, register_builder
-
+TINY_PREFIX = "tiny-random/"
 TINY_BERT_ID = TINY_PREFIX + "bert"
 TINY_MODERNBERT_ID = TINY_PREFIX + "modernbert"
 SEED = 1234
@@ -170,32 +169,28 @@ def _save_sentence_transformer(hf_dir: Path, target: Path) -> None:
     model.save(str(target))
 
 
-def _build(name: str, target: Path) -> None:
+def _build(name: str, tmp: Path) -> Path:
+    """Build tiny model `name` inside the temp folder `tmp`; returns the folder to publish."""
     import torch
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     hf_dir = tmp / "hf"
     hf_dir.mkdir(parents=True)
-    try:
-        torch.manual_seed(SEED)
-        if name == "bert":
-            tokenizer = _bert_tokenizer(hf_dir)
-            model = _bert_model(len(tokenizer))
-        else:
-            tokenizer = _wordpiece_fast_tokenizer(hf_dir)
-            (hf_dir / "vocab.txt").unlink(missing_ok=True)
-            model = _modernbert_model(len(tokenizer))
-        model.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
-        st_dir = tmp / "model"
-        _save_sentence_transformer(hf_dir, st_dir)
-        (st_dir / "tiny_recipe.json").write_text(
-            json.dumps({"model_id": TINY_PREFIX + name, "seed": SEED, "recipe": RECIPE_VERSION})
-        )
-        st_dir.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(SEED)
+    if name == "bert":
+        tokenizer = _bert_tokenizer(hf_dir)
+        model = _bert_model(len(tokenizer))
+    else:
+        tokenizer = _wordpiece_fast_tokenizer(hf_dir)
+        (hf_dir / "vocab.txt").unlink(missing_ok=True)
+        model = _modernbert_model(len(tokenizer))
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    st_dir = tmp / "model"
+    _save_sentence_transformer(hf_dir, st_dir)
+    (st_dir / "tiny_recipe.json").write_text(
+        json.dumps({"model_id": TINY_PREFIX + name, "seed": SEED, "recipe": RECIPE_VERSION})
+    )
+    return st_dir
 
 
 def _is_built(target: Path) -> bool:
@@ -210,16 +205,6 @@ def build_tiny(name: str) -> Path:
     if name not in ("bert", "modernbert"):
         raise ValueError(f"unknown tiny model {name!r}: bert or modernbert")
     target = models_home() / f"tiny-random-{name}-v{RECIPE_VERSION}"
-    if _is_built(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if not _is_built(target):
-            if target.exists():  # a different or broken build: never trusted
-                shutil.rmtree(target)
-            _build(name, target)
+    # A different or broken build in `target` is never trusted: build_atomically replaces it.
+    build_atomically(target, _is_built, lambda tmp: _build(name, tmp))
     return target
-
-
-register_builder(TINY_BERT_ID, lambda: build_tiny("bert"))
-register_builder(TINY_MODERNBERT_ID, lambda: build_tiny("modernbert"))

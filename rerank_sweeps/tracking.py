@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_sweeps.config import RunConfig, mask_secrets
+from rerank_sweeps.records import MetricKey, Record
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,11 @@ def load_records(root: Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_records(root: Path) -> list[Record]:
+    """`load_records` read into typed records (what the reports and pages work on)."""
+    return [Record.from_json(data) for data in load_records(root)]
+
+
 def _alive(record: dict[str, Any]) -> bool:
     if record.get("host") != socket.gethostname():
         return True  # cannot tell from here: show it as running
@@ -391,11 +397,10 @@ class WandbTracker:
                 self.run.define_metric(key, summary="last")
             rows = []
             intervals = record.get("intervals", {})
-            for key, value in sorted(metrics.items()):
-                query_type, system, metric_at_k = key.split("/", 2)
-                metric, _, k = metric_at_k.partition("@")
-                low, high = intervals.get(key, [None, None])
-                rows.append([query_type, system, metric, int(k) if k else None, value, low, high])
+            for name, value in sorted(metrics.items()):
+                key = MetricKey.parse(name)
+                low, high = intervals.get(name, [None, None])
+                rows.append([key.query_type, key.system, key.metric, key.k, value, low, high])
             columns = ["query_type", "system", "metric", "k", "value", "ci_low", "ci_high"]
             self.run.log({"metrics_table": wandb.Table(columns=columns, data=rows)})
             if latency:

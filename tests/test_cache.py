@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from rerank_sweeps.cache import MARKER, Cache, stage_key
+from rerank_sweeps.cache import MARKER, Cache, build_atomically, stage_key
 
 WRITER = textwrap.dedent(
     """
@@ -141,3 +142,63 @@ def test_two_concurrent_processes_build_once_and_both_succeed(tmp_path: Path) ->
     hits = sorted(out.split()[1] for out, _ in outputs)
     assert len(paths) == 1 and hits == ["False", "True"]
     assert len((tmp_path / "builds.log").read_text().split()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# build_atomically: the lock + temp dir + rename that the cache and local model builds share
+
+
+def _has_marker(folder: Path) -> bool:
+    return (folder / "done").is_file()
+
+
+def test_build_atomically_builds_once_across_threads_and_publishes_a_subfolder(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "models" / "thing"
+    calls: list[str] = []
+
+    def build(tmp: Path) -> Path:
+        calls.append(tmp.name)
+        time.sleep(0.2)  # long enough for the other thread to wait on the lock
+        inner = tmp / "inner"
+        inner.mkdir()
+        (inner / "done").write_text("x")
+        (tmp / "scratch.zip").write_text("dropped with the temp dir")
+        return inner
+
+    built: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: built.append(build_atomically(target, _has_marker, build)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(built) == [False, True] and len(calls) == 1
+    assert sorted(p.name for p in target.iterdir()) == ["done"]
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".tmp")]
+    assert build_atomically(target, _has_marker, build) is False and len(calls) == 1
+
+
+def test_build_atomically_replaces_leftovers_and_a_failure_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "thing"
+    target.mkdir()
+    (target / "half").write_text("a killed build, or an older recipe")
+    stale = tmp_path / ".tmp-thing-deadbeef"
+    stale.mkdir()
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half").write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        build_atomically(target, _has_marker, broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thing.lock"]
+
+    def build(tmp: Path) -> None:
+        (tmp / "done").write_text("x")
+
+    assert build_atomically(target, _has_marker, build)
+    assert sorted(p.name for p in target.iterdir()) == ["done"]

@@ -161,3 +161,46 @@ def test_new_options_fail_in_one_line(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         validate(compose_config([override]))
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_schema_defaults_are_the_packaged_yaml_defaults():
+    """Defaults are written in the YAML and in the dataclasses (for code that builds a
+    RunConfig directly); they must not drift apart. `arch.loss` null means the same as the
+    YAML's bce; a base's pretrained rerankers belong to that base alone."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    from omegaconf import OmegaConf
+
+    from rerank_sweeps import config as schema
+
+    def defaults(cls: type) -> dict:
+        out = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                out[f.name] = f.default_factory()
+        return out
+
+    def drift(node: dict, cls: type, prefix: str) -> list[str]:
+        found, known = [], defaults(cls)
+        for key, value in node.items():
+            ours = known.get(key, MISSING)
+            if isinstance(value, dict) and is_dataclass(ours):
+                found += drift(value, type(ours), f"{prefix}{key}.")
+                continue
+            ours = list(ours) if isinstance(ours, tuple) else ours
+            if value != ours and str(value).lower() != str(ours).lower():
+                found.append(f"{prefix}{key}: yaml {value!r}, dataclass {ours!r}")
+        return found
+
+    conf = REPO / "rerank_sweeps" / "conf"
+    top = OmegaConf.to_container(OmegaConf.load(conf / "config.yaml"))
+    for key in ("defaults", "hydra"):
+        top.pop(key, None)
+    found = drift(top, schema.RunConfig, "")
+    ce = OmegaConf.to_container(OmegaConf.load(conf / "arch" / "ce.yaml"))
+    found += drift({k: v for k, v in ce.items() if k != "loss"}, schema.ArchConfig, "arch.")
+    wordnet = OmegaConf.to_container(OmegaConf.load(conf / "data" / "wordnet.yaml"))
+    found += drift(wordnet, schema.DataConfig, "data.")
+    assert found == []

@@ -17,6 +17,7 @@ import pytest
 from conftest import compose_config, write_negatives
 
 from rerank_sweeps import train
+from rerank_sweeps.archs.ce import ce_dataset_and_loss
 from rerank_sweeps.cache import Cache
 from rerank_sweeps.config import ConfigError, RunConfig, validate
 from rerank_sweeps.data import NTuple
@@ -187,7 +188,7 @@ def test_teacher_scale_multiplies_the_targets(tmp_path):
     labels = []
     for c in (conf, scaled):
         model, _ = train.load_start_model(c)
-        dataset, _ = train.ce_dataset_and_loss(c, model, rows, teacher)
+        dataset, _ = ce_dataset_and_loss(c, model, rows, teacher)
         labels.append(dataset[0]["label"])
     assert labels == [[0.5, 0.75, 1.0], [5.0, 7.5, 10.0]]
     assert train.arch_key(conf) != train.arch_key(scaled)
@@ -211,7 +212,7 @@ def ce_teacher_dir(tmp_path_factory) -> Path:
 
 
 def test_teacher_scores_of_a_directory_are_its_scores_cached_once(tmp_path, ce_teacher_dir):
-    from rerank_sweeps.rerankers import CrossEncoderReranker
+    from rerank_sweeps.archs.ce import CrossEncoderReranker
 
     rows = toy_tuples()
     neg = write_negatives(tmp_path / "neg", rows, [])

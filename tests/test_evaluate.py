@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from conftest import compose_config
 
+from rerank_sweeps import archs, rerankers, stats
 from rerank_sweeps import evaluate as ev
-from rerank_sweeps import rerankers, stats
+from rerank_sweeps.archs import Architecture
+from rerank_sweeps.archs.colbert import ColBERTReranker
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import ConfigError, validate
 
@@ -44,9 +46,21 @@ class LookupReranker(rerankers.ModelReranker):
         return np.array([spec["scores"][t] for t in texts], dtype=np.float32)
 
 
+class LookupArch(Architecture):
+    """An architecture whose saved model is a table of scores (scores.json)."""
+
+    name = "lookup"
+    title = "lookup table"
+    loader = "scores.json"
+    losses = ("none",)
+
+    def reranker_class(self) -> type[rerankers.ModelReranker]:
+        return LookupReranker
+
+
 @pytest.fixture(autouse=True)
 def _lookup_arch(monkeypatch):
-    monkeypatch.setitem(rerankers.RERANKER_CLASSES, "lookup", LookupReranker)
+    monkeypatch.setitem(archs.ARCHITECTURES, "lookup", LookupArch())
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -604,7 +618,7 @@ def test_colbert_reranker_scores_match_pylate_maxsim(tmp_path):
         json.dumps({**meta, "max_length": 48, "query_length": 16})
     )
     ours = rerankers.load_reranker(tmp_path, device="cpu", bf16="false", batch_size=4)
-    assert isinstance(ours, rerankers.ColBERTReranker)
+    assert isinstance(ours, ColBERTReranker)
     query, docs = "what is a cat kept at home", LIVE_TEXTS[:5]
     got = ours.score(query, docs)
     q = colbert.encode([query], is_query=True, convert_to_tensor=False)

@@ -13,14 +13,14 @@ from test_evaluate import (
     QUERIES,
     SCORES,
     TEXTS,
-    LookupReranker,
+    LookupArch,
     hand_conf,
     make_candidates,
     make_lookup_model,
     make_split,
 )
 
-from rerank_sweeps import devsignal, fusion, rerankers
+from rerank_sweeps import archs, devsignal, fusion, rerankers
 from rerank_sweeps import evaluate as ev
 from rerank_sweeps.cache import Cache
 from rerank_sweeps.data import Doc, EvalQuery, QAPair, Split
@@ -28,7 +28,7 @@ from rerank_sweeps.data import Doc, EvalQuery, QAPair, Split
 
 @pytest.fixture(autouse=True)
 def _lookup_arch(monkeypatch):
-    monkeypatch.setitem(rerankers.RERANKER_CLASSES, "lookup", LookupReranker)
+    monkeypatch.setitem(archs.ARCHITECTURES, "lookup", LookupArch())
 
 
 def _dev_data(tmp_path: Path, depth: int = 4) -> devsignal.DevData:

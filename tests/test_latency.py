@@ -157,7 +157,7 @@ def test_padded_widths_score_alike_and_warm_every_shape(tiny_models):
     assert fast.lean.chunk_sizes(20) == [5]
     seen: list[tuple[int, ...]] = []
     fast.lean._logits = lambda batch: seen.append(tuple(batch["input_ids"].shape))
-    widths = list(range(32, speedups._pad_width(fast.lean.max_length, 32) + 1, 32))
+    widths = list(range(32, speedups.pad_width(fast.lean.max_length, 32) + 1, 32))
     assert fast.lean.warm_shapes([12, 20]) == 2 * len(widths)
     assert sorted(seen) == sorted((r, w) for r in (2, 5) for w in widths)
 

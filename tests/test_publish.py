@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rerank_sweeps import publish
+from rerank_sweeps import findings, publish, trec
+from rerank_sweeps.blog import parse_blog
+from rerank_sweeps.records import QUERY_TYPES, Record
 from rerank_sweeps.report import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +21,7 @@ QIDS = ["q1", "q2", "q3", "q4"]
 
 
 def test_blog_numbers_parse_to_the_transcribed_values():
-    blog = publish.parse_blog(BLOG)
+    blog = parse_blog(BLOG)
     assert blog.baseline == {
         ("vector", 5): 48.75,
         ("vector", 10): 60.30,
@@ -121,13 +123,13 @@ def _run(
 def test_per_query_hits_and_paired_difference_hand_checked(tmp_path):
     one = _run(tmp_path, 0, 1, {"q1", "q2"})
     two = _run(tmp_path, 1, 2, set(QIDS))
-    assert publish.per_query_hits(Path(one["run_dir"]), "vector", "reranked", 5) == {
+    assert trec.per_query_hits(Path(one["run_dir"]), "vector", "reranked", 5) == {
         "q1": 1.0,
         "q2": 1.0,
         "q3": 0.0,
         "q4": 0.0,
     }
-    p = publish.between(two, one, "vector", 5)
+    p = findings.between(Record.from_json(two), Record.from_json(one), "vector", 5)
     # diffs 0, 0, 1, 1: mean 0.5; exact McNemar with 2 won, 0 lost: 2 * (1/2)^2 = 0.5.
     assert p.diff == pytest.approx(0.5) and p.n == 4
     assert p.p_value == 0.5 and not p.significant
@@ -136,25 +138,27 @@ def test_per_query_hits_and_paired_difference_hand_checked(tmp_path):
     # shifted diffs are 1, 1, 2, 2 and only the all-plus and all-minus flips reach |sum| 6:
     # exact p 2/16 = 0.125; at +1 they are -1, -1, 0, 0 and half the flips reach |sum| 2.
     assert p.low == -1.0 and p.high == 1.0
-    reranked_vs_baseline = publish.between(one, one, "vector", 5, "reranked", "baseline")
+    reranked_vs_baseline = findings.between(
+        Record.from_json(one), Record.from_json(one), "vector", 5, "reranked", "baseline"
+    )
     assert reranked_vs_baseline.diff == pytest.approx(0.25)
 
 
-def _paired(diff: float, p: float) -> publish.Paired:
-    return publish.Paired(diff, diff - 0.1, diff + 0.1, p, 200)
+def _paired(diff: float, p: float) -> findings.Paired:
+    return findings.Paired(diff, diff - 0.1, diff + 0.1, p, 200)
 
 
 def test_verdicts_follow_significance_and_sign():
     # A majority of the family after Holm: 2 of 3 (Holm [0.03, 0.03, 0.4]).
     two_of_three = [_paired(0.1, 0.01), _paired(0.05, 0.01), _paired(0.02, 0.4)]
-    assert publish._verdict(two_of_three, 1).startswith("reproduced (2 of 3")
+    assert findings._verdict(two_of_three, 1).startswith("reproduced (2 of 3")
     # One significant of two is no majority (it used to read "reproduced").
-    assert publish._verdict([_paired(0.1, 0.01), _paired(0.02, 0.4)], 1).startswith("not shown")
-    assert publish._verdict([_paired(-0.1, 0.01)], 1).startswith("contradicted")
-    assert publish._verdict([_paired(-0.1, 0.01), _paired(0.1, 0.01)], 1).startswith("mixed")
-    assert publish._verdict([_paired(0.1, 0.2)], 1).startswith("not shown")
-    assert publish._verdict([_paired(-0.3, 0.001)], -1).startswith("reproduced")
-    assert publish._verdict([], 1) == "not measured"
+    assert findings._verdict([_paired(0.1, 0.01), _paired(0.02, 0.4)], 1).startswith("not shown")
+    assert findings._verdict([_paired(-0.1, 0.01)], 1).startswith("contradicted")
+    assert findings._verdict([_paired(-0.1, 0.01), _paired(0.1, 0.01)], 1).startswith("mixed")
+    assert findings._verdict([_paired(0.1, 0.2)], 1).startswith("not shown")
+    assert findings._verdict([_paired(-0.3, 0.001)], -1).startswith("reproduced")
+    assert findings._verdict([], 1) == "not measured"
 
 
 def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
@@ -199,7 +203,7 @@ def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
         "(2 won, 0 lost); 4 of 4 queries with a relevant candidate" in page
     )
     assert "ce-minilm, 5 - 1 negatives: hybrid hit@5 +25.0 [-100.0, +100.0], p=1, Holm 1" in page
-    assert publish.VERDICT_RULE in page and "sign-flip tests on the same queries" not in page
+    assert findings.VERDICT_RULE in page and "sign-flip tests on the same queries" not in page
     assert "the exact McNemar test" in page and "so it holds 0 exactly when p >= 0.05" in page
     assert "**More hard negatives help**: not shown: none of the 4 differences" in page
     # 5 negatives hit q1-q3, 1 negative q1 and q2: +25 points; the blog's 1/2/5 rows beside it.
@@ -218,7 +222,7 @@ def test_page_and_readme_block_are_generated_from_the_runs(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old text" not in text
     assert "**More hard negatives help**: not shown" in text
-    assert publish.VERDICT_RULE in text  # the README states family, correction and rule too
+    assert findings.VERDICT_RULE in text  # the README states family, correction and rule too
     assert main(argv) == 0
     assert readme.read_text() == text  # regenerating changes nothing
 
@@ -249,16 +253,16 @@ def test_the_readme_keeps_the_strongest_comparison_each_way():
     # Line 3's p was 0.01: Holm over 6 made it 0.05 (not significant), so it is now 0.002.
     # Holm: 0.001 x 6 = 0.006, 0.002 x 5 = 0.01, 0.01 x 4 = 0.04, then 0.6, 1, 1.
     diffs = [(0.05, 0.01), (0.15, 0.001), (-0.02, 0.5), (-0.10, 0.002), (-0.20, 0.2), (0.01, 0.9)]
-    finding = publish.Finding(
+    finding = findings.Finding(
         "claim", "blog", [f"line {i}" for i in range(6)], [_paired(d, p) for d, p in diffs], 1
     )
     assert finding.adjusted == pytest.approx([0.04, 0.006, 1.0, 0.01, 0.6, 1.0])
     # The largest significant lift (+15) and drop (-10); -20 is larger but not significant.
     assert finding.strongest() == ["line 1", "line 3"]
-    text = publish.findings_markdown([finding], compact=True)
+    text = findings.findings_markdown([finding], compact=True)
     assert "line 0" not in text and "4 more comparisons on the page" in text
     assert finding.verdict.startswith("mixed")
-    short = publish.Finding("c", "b", ["a", "b"], [_paired(0.1, 0.5), _paired(0.2, 0.5)], 1)
+    short = findings.Finding("c", "b", ["a", "b"], [_paired(0.1, 0.5), _paired(0.2, 0.5)], 1)
     assert short.strongest() == ["a", "b"]
 
 
@@ -273,7 +277,7 @@ def test_page_marks_a_failed_dev_gate_and_lists_fused_rows(tmp_path):
         "first_stage": 0.4551,
         "per_type": {},
     }
-    gated["fusion"] = {"convex": {qt: {"weight": 0.3, "dev": 0.5} for qt in publish.QUERY_TYPES}}
+    gated["fusion"] = {"convex": {qt: {"weight": 0.3, "dev": 0.5} for qt in QUERY_TYPES}}
     gated["config"]["rerank"] = {"fusion": "convex"}
     for qt, value in (("vector", 0.75), ("fts", 0.5), ("hybrid", 1.0)):
         gated["metrics"][f"{qt}/fused/hit@5"] = value

@@ -5,19 +5,18 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
-from rerank_sweeps.report import (
+from rerank_sweeps.plotdata import (
     Axis,
-    build_report,
     latency_axis_label,
     latency_points,
-    main,
     pareto_front,
     quality_latency_points,
     swept_params,
     training_curve,
 )
+from rerank_sweeps.records import Record
+from rerank_sweeps.report import build_report, main
 
 
 def _record(run_dir: Path, **fields) -> None:
@@ -259,7 +258,7 @@ def _grid_metrics(value: float) -> tuple[dict[str, float], dict[str, list[float]
     return metrics, intervals
 
 
-def _grid(root: Path) -> list[dict[str, Any]]:
+def _grid(root: Path) -> list[Record]:
     """Four completed runs (one with a failed dev gate) and a failed one; returns the records."""
     for job, arch, negatives, value in GRID:
         metrics, intervals = _grid_metrics(value)
@@ -323,7 +322,7 @@ def _grid(root: Path) -> list[dict[str, Any]]:
         status="failed",
         reason="RuntimeError: CUDA out of memory",
     )
-    return [json.loads((root / str(job) / "record.json").read_text()) for job in range(5)]
+    return [Record.load(root / str(job) / "record.json") for job in range(5)]
 
 
 def test_report_of_a_grid_has_ndcg_significance_tables_and_every_plot(tmp_path: Path) -> None:
@@ -404,7 +403,7 @@ def test_swept_params_are_resolved_values_and_integer_axes_tick_at_the_values() 
             "overrides": ["arch.lr=null"],
         },
     ]
-    params = swept_params(records)
+    params = swept_params([Record.from_json(r) for r in records])
     # epochs comes from the record (one run overrode it, the others took the preset's);
     # paths.root differs but is no parameter; arch.lr was overridden, so it is one
     assert list(params) == ["arch", "negatives", "epochs", "arch.lr"]
@@ -425,5 +424,6 @@ def test_swept_params_are_resolved_values_and_integer_axes_tick_at_the_values() 
 
 def test_training_curve_reads_dev_history() -> None:
     record = {"dev_history": [{"step": 8, "ndcg@10": 0.3}, {"step": -1, "ndcg@10": 0.1}]}
-    assert training_curve(record) == ("ndcg@10", [(-1, 0.1), (8, 0.3)])
-    assert training_curve({}) is None and training_curve({"dev_history": []}) is None
+    assert training_curve(Record.from_json(record)) == ("ndcg@10", [(-1, 0.1), (8, 0.3)])
+    assert training_curve(Record.from_json({})) is None
+    assert training_curve(Record.from_json({"dev_history": []})) is None

@@ -8,8 +8,11 @@ import itertools
 import numpy as np
 import pytest
 
-from rerank_sweeps import evaluate as ev
-from rerank_sweeps import publish, report, stats
+from rerank_sweeps import findings, report_tables, stats
+from rerank_sweeps.candidates import EvalItem
+from rerank_sweeps.eval_table import markdown_tables
+from rerank_sweeps.metrics import Rankings, compute_results
+from rerank_sweeps.records import Record
 
 
 def test_mcnemar_exact_p_is_the_two_sided_binomial_sign_test():
@@ -116,16 +119,16 @@ def test_a_p_that_no_permutation_reached_prints_as_below_one_over_b():
     assert stats.record_p_text({"diff": 0.1, "p_value": 0.012}) == "p=0.012"  # an old record
     record = {"arch": "ce", "base": "minilm", "negatives": 1, "epochs": 1}
     record["paired"] = {"vector/reranked-baseline/mrr@5": r.as_record()}
-    assert "+30.0 points [" in report.significance([record])
-    assert "p<0.0005 (significant)" in report.significance([record])
+    assert "+30.0 points [" in report_tables.significance([Record.from_json(record)])
+    assert "p<0.0005 (significant)" in report_tables.significance([Record.from_json(record)])
 
 
-def _rankings(ranks: dict[str, list[int]]) -> ev.Rankings:
+def _rankings(ranks: dict[str, list[int]]) -> Rankings:
     """Rankings over len(ranks['baseline']) queries; query i's relevant doc is `r<i>` and
     each system puts it at rank ranks[system][i] (1-based; 0: not retrieved)."""
     n = len(ranks["baseline"])
-    items = [ev.EvalItem(f"q{i}", f"question {i}", frozenset({f"r{i}"})) for i in range(n)]
-    rankings = ev.Rankings(items)
+    items = [EvalItem(f"q{i}", f"question {i}", frozenset({f"r{i}"})) for i in range(n)]
+    rankings = Rankings(items)
     for system, per_query in ranks.items():
         lists = []
         for i, rank in enumerate(per_query):
@@ -146,14 +149,14 @@ def test_evaluate_and_the_page_report_the_same_p_for_the_same_queries():
         "reranked": rng.choice([0, 1, 2, 3], p=[0.2, 0.5, 0.2, 0.1], size=n).tolist(),
     }
     ranks["ceiling"] = [1 if r else 0 for r in ranks["baseline"]]
-    results = ev.compute_results(
+    results = compute_results(
         _rankings(ranks), ["vector"], ["baseline", "reranked", "ceiling"], [1, 3], 50, 0
     )
     recorded = results["paired"]["vector/reranked-baseline/hit@3"]
     hit3 = {s: {f"q{i}": float(0 < r <= 3) for i, r in enumerate(ranks[s])} for s in ranks}
     # docs/results.md recomputes per-query hits from the TREC files, keyed and sorted by qid
     # (q0, q1, q10, ...): another order, the same numbers.
-    page = publish.paired(hit3["reranked"], hit3["baseline"])
+    page = stats.paired_by_query(hit3["reranked"], hit3["baseline"])
     assert recorded["p_value"] == page.p_value
     assert recorded["interval"] == [page.low, page.high]
     assert recorded["diff"] == pytest.approx(page.diff, abs=1e-15)
@@ -164,7 +167,7 @@ def test_evaluate_and_the_page_report_the_same_p_for_the_same_queries():
         (mrr["reranked"] - mrr["baseline"])[::-1], "mrr", stats.PERMUTATIONS
     )
     assert results["paired"]["vector/reranked-baseline/mrr@3"] == again.as_record()
-    table = ev.markdown_tables(
+    table = markdown_tables(
         {**results, "counts": {"queries": n}}, ["vector"], ["baseline", "reranked", "ceiling"], [3]
     )
     assert f"{page.p_text()}" in table and "exact McNemar for hit" in table
@@ -177,22 +180,22 @@ def _family(pairs: list[tuple[float, float]]) -> list[stats.PairedResult]:
 def test_verdicts_need_a_majority_of_the_family_after_holm():
     # 2 of 4 significant raw; Holm [0.04, 0.06, 0.6, 0.6] leaves 1: not reproduced.
     family = _family([(0.1, 0.01), (0.1, 0.02), (0.05, 0.3), (0.02, 0.5)])
-    finding = publish.Finding("c", "b", ["l"] * 4, family, 1)
+    finding = findings.Finding("c", "b", ["l"] * 4, family, 1)
     assert finding.adjusted == pytest.approx([0.04, 0.06, 0.6, 0.6])
     assert finding.verdict.startswith("not shown (1 of 4 significant for it, 0 against")
     assert "2 before" in finding.verdict
     # 3 of 4 after Holm (0.004, 0.006, 0.006, 0.5): a majority, none against.
     strong = _family([(0.1, 0.001), (0.1, 0.002), (0.1, 0.003), (-0.02, 0.5)])
-    assert publish._verdict(strong, 1).startswith("reproduced (3 of 4")
+    assert findings._verdict(strong, 1).startswith("reproduced (3 of 4")
     # The mirror: the blog expected a drop.
-    assert publish._verdict(strong, -1).startswith("contradicted")
+    assert findings._verdict(strong, -1).startswith("contradicted")
     # Exactly half is no majority.
     half = _family([(0.1, 0.001), (0.1, 0.002), (0.1, 0.5), (0.1, 0.6)])
-    assert publish._verdict(half, 1).startswith("not shown (2 of 4")
+    assert findings._verdict(half, 1).startswith("not shown (2 of 4")
     # Significant both ways after Holm.
     both = _family([(0.1, 0.001), (-0.1, 0.002), (0.1, 0.003)])
-    assert publish._verdict(both, 1).startswith("mixed (2 for, 1 against")
-    assert publish._verdict(_family([(0.1, 0.2), (0.0, 1.0)]), 1).startswith(
+    assert findings._verdict(both, 1).startswith("mixed (2 for, 1 against")
+    assert findings._verdict(_family([(0.1, 0.2), (0.0, 1.0)]), 1).startswith(
         "not shown: none of the 2"
     )
     # The page's line shows the raw p, then Holm's, and a hit comparison its discordant pairs.

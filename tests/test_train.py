@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import REPO, compose_config, write_negatives
 
-from rerank_sweeps import train
+from rerank_sweeps import train, training
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import RunConfig, UserError, validate
 from rerank_sweeps.data import NTuple
@@ -172,12 +172,12 @@ def test_tiny_models_are_deterministic_loadable_and_tokenize_words(tmp_path, mon
 
 
 def test_rank_metrics_hand_checked():
-    m = train.rank_metrics([0.5, 0.9, 0.1])  # the positive ranks 2nd of 3
+    m = training.rank_metrics([0.5, 0.9, 0.1])  # the positive ranks 2nd of 3
     assert m["mrr@10"] == 0.5 and m["map"] == 0.5 and m["accuracy"] == 0.5
     assert m["ndcg@10"] == pytest.approx(1 / math.log2(3))
-    tie = train.rank_metrics([1.0, 1.0])  # ties count against the positive
+    tie = training.rank_metrics([1.0, 1.0])  # ties count against the positive
     assert tie["mrr@10"] == 0.5 and tie["accuracy"] == 0.0
-    deep = train.rank_metrics([0.0] + [1.0] * 10)  # rank 11 is outside @10
+    deep = training.rank_metrics([0.0] + [1.0] * 10)  # rank 11 is outside @10
     assert deep["mrr@10"] == 0.0 and deep["ndcg@10"] == 0.0 and deep["map"] == pytest.approx(1 / 11)
 
 
@@ -186,29 +186,29 @@ def test_dev_rows_never_repeat_the_positive():
         NTuple("q1", "The answer.", ["the  answer.", "other", "Other", "third"]),
         NTuple("q2", "only", ["ONLY"]),  # nothing left to rank against: dropped
     ]
-    assert train.clean_dev(rows) == [NTuple("q1", "The answer.", ["other", "third"])]
+    assert training.clean_dev(rows) == [NTuple("q1", "The answer.", ["other", "third"])]
 
 
 def test_schedule_fires_evaluations_within_an_epoch(tmp_path):
     conf = toy_conf(
         tmp_path, "ce", "tiny_bert", "epochs=1", "arch.batch_size=16", "arch.evals_per_epoch=2"
     )
-    assert train.schedule(256, conf) == {"steps_per_epoch": 16, "total": 16, "interval": 8}
+    assert training.schedule(256, conf) == {"steps_per_epoch": 16, "total": 16, "interval": 8}
     conf = toy_conf(
         tmp_path, "ce", "tiny_bert", "epochs=3", "arch.batch_size=16", "arch.evals_per_epoch=3"
     )
-    assert train.schedule(250, conf) == {"steps_per_epoch": 16, "total": 48, "interval": 6}
+    assert training.schedule(250, conf) == {"steps_per_epoch": 16, "total": 48, "interval": 6}
     conf = toy_conf(tmp_path, "ce", "tiny_bert", "arch.batch_size=16", "arch.max_steps=5")
-    assert train.schedule(256, conf) == {"steps_per_epoch": 16, "total": 5, "interval": 3}
+    assert training.schedule(256, conf) == {"steps_per_epoch": 16, "total": 5, "interval": 3}
 
 
 def test_bf16_setting():
-    assert train.use_bf16("false") is False and train.use_bf16("true") is True
+    assert training.use_bf16("false") is False and training.use_bf16("true") is True
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     import torch
 
     if not torch.cuda.is_available():
-        assert train.use_bf16("auto") == any(f in flags for f in ("avx512_bf16", "amx_tile"))
+        assert training.use_bf16("auto") == any(f in flags for f in ("avx512_bf16", "amx_tile"))
 
 
 def test_cache_key_holds_only_what_training_reads(tmp_path, monkeypatch):
@@ -269,7 +269,7 @@ def test_training_beats_the_untrained_model_and_round_trips(trained, arch, base)
     # Round trip: the saved model, loaded fresh, reproduces the dev metrics computed in memory.
     model = load_saved(arch, art.path / "model")
     _, dev = toy_tuples()
-    assert train.evaluate_dev(train.make_evaluator(conf, dev), model) == pytest.approx(
+    assert training.evaluate_dev(train.make_evaluator(conf, dev), model) == pytest.approx(
         info["dev"], abs=1e-6
     )
 
@@ -329,7 +329,7 @@ def test_colbert_accuracy_matches_pylate_triplet_evaluator(tmp_path):
     _, dev = toy_tuples()
     conf = toy_conf(tmp_path, "colbert", "tiny_bert")
     model, _ = train.load_start_model(conf)
-    ours = train.evaluate_dev(train.make_evaluator(conf, dev), model)
+    ours = training.evaluate_dev(train.make_evaluator(conf, dev), model)
     triples = [(t.question, t.positive, n) for t in dev for n in t.negatives]
     pylate_eval = ColBERTTripletEvaluator(*map(list, zip(*triples, strict=True)), write_csv=False)
     assert ours["accuracy"] == pytest.approx(pylate_eval(model)["accuracy"], abs=1e-6)
@@ -446,7 +446,7 @@ def test_checkpoint_by_time_saves_only_after_the_interval(tmp_path):
     from rerank_sweeps.config import ConfigError
 
     now = [1000.0]
-    callback = train.checkpoint_by_time_callback(0.5, clock=lambda: now[0])  # 30 s
+    callback = training.checkpoint_by_time_callback(0.5, clock=lambda: now[0])  # 30 s
     control = TrainerControl()
     now[0] += 500  # building the trainer and loading a checkpoint do not count
     callback.on_train_begin(None, None, control)
@@ -460,21 +460,23 @@ def test_checkpoint_by_time_saves_only_after_the_interval(tmp_path):
     assert not callback.on_step_end(None, None, control).should_save
     now[0] += 1
     assert callback.on_step_end(None, None, control).should_save
-    assert train.checkpoint_by_time_callback(None) is None
+    assert training.checkpoint_by_time_callback(None) is None
 
     # On by default, in both trainers, with or without a dev evaluator; never in the cache key.
     conf = toy_conf(tmp_path, "ce", "tiny_bert")
     assert conf.arch.checkpoint_minutes == 10
-    kinds = [type(c).__name__ for c in train.trainer_callbacks(conf, None)]
+    kinds = [type(c).__name__ for c in training.trainer_callbacks(conf, None)]
     assert "CheckpointByTime" in kinds
-    assert "CheckpointByTime" in [type(c).__name__ for c in train.trainer_callbacks(conf, object())]
+    assert "CheckpointByTime" in [
+        type(c).__name__ for c in training.trainer_callbacks(conf, object())
+    ]
     for arch in ("ce", "colbert"):
         fast = toy_conf(tmp_path, arch, "tiny_bert", "arch.checkpoint_minutes=0.5")
         never = toy_conf(tmp_path, arch, "tiny_bert", "arch.checkpoint_minutes=null")
         assert "checkpoint_minutes" not in train.arch_key(fast)
         assert train.arch_key(fast) == train.arch_key(never)
         assert "CheckpointByTime" not in [
-            type(c).__name__ for c in train.trainer_callbacks(never, None)
+            type(c).__name__ for c in training.trainer_callbacks(never, None)
         ]
     for bad in ("0", "-1"):
         with pytest.raises(ConfigError, match="arch.checkpoint_minutes"):
@@ -522,13 +524,15 @@ def test_killed_run_loses_minutes_not_an_epoch(tmp_path):
     assert proc.returncode == -signal.SIGKILL
 
     (trainer_dir,) = tmp_path.glob("cache/model/*.work/trainer")
-    checkpoint = train.last_complete_checkpoint(trainer_dir)
+    checkpoint = training.last_complete_checkpoint(trainer_dir)
     assert checkpoint is not None
     step = int(checkpoint.name.split("-")[1])
     assert 1 <= step < first_eval, f"checkpoint-{step} is not a checkpoint by time"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["global_step"] == step and state["best_metric"] is None
-    assert not [e for e in state["log_history"] if train.DEV_METRIC in e]  # saved without an eval
+    assert not [
+        e for e in state["log_history"] if training.DEV_METRIC in e
+    ]  # saved without an eval
 
     # The rerun (in-process, another checkpoint_minutes: not in the cache key) finds the same
     # work dir, continues from that step and keeps checkpointing by time across the evaluation.
@@ -558,7 +562,7 @@ def test_each_cross_encoder_loss_trains_and_the_saved_model_reloads(tmp_path, lo
     import torch
     from sentence_transformers import CrossEncoder
 
-    from rerank_sweeps.rerankers import CrossEncoderReranker
+    from rerank_sweeps.archs.ce import CrossEncoderReranker
 
     conf = toy_conf(
         tmp_path,

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rerank_sweeps.config import UserError
-from rerank_sweeps.data import SourceRows
+from rerank_sweeps.config import DataConfig, UserError
+from rerank_sweeps.data.records import SourceRows
 
 PYDOC_DEFAULT = Path("/usr/lib/python3.11")
 PYDOC_VERSION = 1  # enters the split key: bump when the rules below change what is read
@@ -195,3 +195,13 @@ def read_pydocs(folder: Path, max_rows: int | None = None, seed: int = 0) -> Sou
         else:
             rows.skipped[reason] += 1
     return rows
+
+
+def load(data: DataConfig, seed: int) -> SourceRows:
+    """The configured folder's rows (the registry's reader for `pydoc`)."""
+    return read_pydocs(pydoc_folder(data.path), data.max_rows, seed)
+
+
+def fingerprint(data: DataConfig) -> dict[str, Any]:
+    """The folder's identity (`pydoc_fingerprint`): another Python version re-splits."""
+    return pydoc_fingerprint(pydoc_folder(data.path))
