@@ -535,7 +535,7 @@ def run_models(args: argparse.Namespace) -> None:
     import torch
 
     from rerank_sweeps.archs import get_arch
-    from rerank_sweeps.latency import cpu_name
+    from rerank_sweeps.machine import cpu_name
     from rerank_sweeps.speedups import parse_optimization
 
     device = args.device

@@ -84,7 +84,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, conf: RunConfig | None = N
 
     `conf` is `validate(cfg)` when the caller has it already (the Hydra job does).
     """
-    from rerank_sweeps import tracking
+    from rerank_sweeps import tracking, wandb_mirror
 
     conf = conf if conf is not None else validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(conf)
@@ -107,7 +107,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, conf: RunConfig | None = N
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     job = tracking.hydra_job_info(conf.experiment)
     record = tracking.RunRecord(run_dir, conf, config, job)
-    tracker = tracking.WandbTracker(conf, config, job, run_dir)
+    tracker = wandb_mirror.WandbTracker(conf, config, job, run_dir)
     cache = Cache(conf.paths.cache)
     timer = _Timer()
     try:

@@ -29,15 +29,9 @@ from rerank_sweeps.config import RunConfig
 from rerank_sweeps.console import use_quiet_progress
 from rerank_sweeps.data import NTuple, describe_source, load_negatives
 from rerank_sweeps.devsignal import DevArtifacts, DevData, candidate_evaluator, finish_training
-from rerank_sweeps.distill import (
-    TeacherScores,
-    load_teacher_scores,
-    loss_uses_teacher,
-    parse_teacher,
-    teacher_scores_stage,
-    uses_teacher,
-)
+from rerank_sweeps.distill import TeacherScores, load_teacher_scores, teacher_scores_stage
 from rerank_sweeps.models import hub_reachable, hub_unavailable, resolve_model
+from rerank_sweeps.teacher import loss_uses_teacher, parse_teacher, uses_teacher
 from rerank_sweeps.training import (
     AT_K,
     DEV_NAME,

@@ -262,7 +262,7 @@ def trainer_callbacks(conf: RunConfig, evaluator: Any) -> list[Any]:
     """Both trainers' callbacks: checkpoints by time always, the dev ones with an evaluator."""
     callbacks = dev_callbacks() if evaluator is not None else []
     by_time = checkpoint_by_time_callback(conf.arch.checkpoint_minutes)
-    from rerank_sweeps.tracking import train_log_callback
+    from rerank_sweeps.wandb_mirror import train_log_callback
 
     callbacks.append(train_log_callback())  # the curves into our W&B run (a no-op without one)
     return callbacks + ([by_time] if by_time is not None else [])

@@ -137,3 +137,39 @@ def test_a_toy_architecture_runs_through_the_pipeline(toy_conf_dir, tmp_path):
     assert scores_seen and all(0.0 <= s <= 1.0 for s in scores_seen)
     assert any(0.0 < s < 1.0 for s in scores_seen)
     assert "reranked" in (tmp_path / "run" / "table.md").read_text()
+
+
+def test_module_level_imports_form_no_circle():
+    """Imports at the top of the package's modules go one way (imports inside functions are
+    how the configuration reaches the registries above it; see the README's code map)."""
+    import ast
+    import graphlib
+
+    root = REPO / "rerank_sweeps"
+    modules = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+
+    def owner(dotted: str) -> str | None:
+        while dotted and dotted not in modules:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rerank_sweeps"):
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                other = owner(str(target))
+                # a subpackage's modules import its public face's siblings, not the face
+                if other and other != name and not name.startswith(other + "."):
+                    found.add(other)
+        graph[name] = found
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError on a circle

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from rerank_sweeps import backends, latency, speedups
+from rerank_sweeps import backends, latency_device, speedups
 from rerank_sweeps.cache import MARKER, Cache, artifact_at
 from rerank_sweeps.config import ConfigError, UserError, validate
 from rerank_sweeps.rerankers import load_reranker
@@ -65,7 +65,7 @@ def test_backend_scores_correlate_with_fp32(tiny_models, arch, name):
     else:
         assert not np.array_equal(got, expected)  # the O3 / int8 graph really ran
 
-    meta = latency._system_meta(fast, name)  # what the latency table records for the row
+    meta = latency_device._system_meta(fast, name)  # what the latency table records for the row
     assert meta["backend"]["name"] == backend
     assert meta["dtype"] == ("int8-dynamic" if backend == "onnx-int8" else "fp32")
     assert meta["backend"]["threads"] == torch.get_num_threads()
@@ -77,7 +77,7 @@ def test_backend_scores_correlate_with_fp32(tiny_models, arch, name):
         assert meta["backend"]["float_matmuls"] == 2 * 2 + (arch == "colbert")
     # Its accuracy is re-scored, never borrowed from the evaluation's fp32 scores.
     job = {"device": "cpu", "eval_scores": {"path": "/x", "device": "cpu", "bf16": False}}
-    assert latency.reusable_eval_scores(job, name) is None
+    assert latency_device.reusable_eval_scores(job, name) is None
 
 
 def test_export_is_a_cached_artifact_reused_on_the_next_call(tiny_models, tmp_path, monkeypatch):

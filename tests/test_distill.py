@@ -21,13 +21,8 @@ from rerank_sweeps.archs.ce import ce_dataset_and_loss
 from rerank_sweeps.cache import Cache
 from rerank_sweeps.config import ConfigError, RunConfig, validate
 from rerank_sweeps.data import NTuple
-from rerank_sweeps.distill import (
-    TeacherScores,
-    load_teacher_scores,
-    parse_teacher,
-    teacher_run_config,
-    teacher_scores_stage,
-)
+from rerank_sweeps.distill import TeacherScores, load_teacher_scores, teacher_scores_stage
+from rerank_sweeps.teacher import parse_teacher, teacher_run_config
 
 NOUNS = (
     "apple banana cherry grape lemon mango orange peach pear plum berry melon cat dog horse "

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from rerank_sweeps import latency, speedups
+from rerank_sweeps import latency, latency_device, machine, speedups, timing
 from rerank_sweeps.cache import Cache
 from rerank_sweeps.config import ConfigError, validate
 from rerank_sweeps.rerankers import load_reranker
@@ -43,13 +43,13 @@ def test_harness_percentiles_match_known_sleeps_and_skip_warmup():
         time.sleep(0.005)
         return query
 
-    parts = latency.time_pipeline(["a", "b", "c"], retrieve, rerank, warmup=3, iterations=9)
+    parts = timing.time_pipeline(["a", "b", "c"], retrieve, rerank, warmup=3, iterations=9)
     assert {k: len(v) for k, v in parts.items()} == {"total": 9, "retrieval": 9, "rerank": 9}
     # Queries are cycled from the first iteration on; the warm-up ones are run, not recorded.
     assert seen == ["a", "b", "c"] * 4
     # The three 400 ms warm-up calls are excluded; sleeps overshoot a little, never undershoot.
     assert max(parts["rerank"]) < 200
-    stats = latency.summarize_parts(parts)
+    stats = timing.summarize_parts(parts)
     assert 20 <= stats["rerank_p50_ms"] < 35
     assert 5 <= stats["retrieval_p50_ms"] < 20
     assert 25 <= stats["p50_ms"] < 55
@@ -59,7 +59,7 @@ def test_harness_percentiles_match_known_sleeps_and_skip_warmup():
 
 def test_harness_without_reranker_and_with_synchronize():
     syncs = []
-    parts = latency.time_pipeline(
+    parts = timing.time_pipeline(
         ["q"],
         lambda q: time.sleep(0.002),
         None,
@@ -72,7 +72,7 @@ def test_harness_without_reranker_and_with_synchronize():
     # before and after the retrieval of each of the 5 iterations
     assert len(syncs) == 10
     with pytest.raises(ValueError):
-        latency.time_pipeline([], lambda q: q, None, 0, 1)
+        timing.time_pipeline([], lambda q: q, None, 0, 1)
 
 
 class FakeClock:
@@ -108,7 +108,7 @@ def test_systems_are_timed_interleaved_after_every_warm_up():
 
         return rerank
 
-    out = latency.time_systems(
+    out = timing.time_systems(
         ["a", "b"],
         retrieve,
         {"none": None, "ce": reranker("ce", 5.0), "ce+bf16": reranker("ce+bf16", 3.0)},
@@ -123,7 +123,7 @@ def test_systems_are_timed_interleaved_after_every_warm_up():
         assert {q for _, q in round_} == {"ab"[i % 2]}  # every system on the same query
     firsts = [round_[0][0] for round_ in rounds]
     assert firsts == ["none", "ce", "ce+bf16"] * 2  # the order rotates
-    stats = {name: latency.summarize_parts(parts) for name, parts in out.items()}
+    stats = {name: timing.summarize_parts(parts) for name, parts in out.items()}
     assert stats["none"]["p50_ms"] == pytest.approx(10.0)
     assert stats["ce"]["p50_ms"] == pytest.approx(15.0)
     assert stats["ce+bf16"]["rerank_p50_ms"] == pytest.approx(3.0)
@@ -178,7 +178,7 @@ def test_cuda_graphs_score_like_eager(tiny_models, name):
 
 
 def test_summarize_hand_checked():
-    stats = latency.summarize(list(range(1, 11)))  # 1..10 ms
+    stats = timing.summarize(list(range(1, 11)))  # 1..10 ms
     # numpy linear interpolation: position (n-1)*q = 9*q
     assert stats == pytest.approx({"p50_ms": 5.5, "p95_ms": 9.55, "p99_ms": 9.91, "mean_ms": 5.5})
 
@@ -207,7 +207,7 @@ def test_parse_optimization_and_system_names():
 def test_cuda_paths_skip_cleanly_without_gpu(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level("INFO"):
-        devices, skipped = latency.available_devices(["cpu", "cuda", "cpu"])
+        devices, skipped = machine.available_devices(["cpu", "cuda", "cpu"])
     assert devices == ["cpu"]
     assert skipped == {"cuda": "torch sees no CUDA device"}
     assert "cuda skipped" in caplog.text
@@ -416,9 +416,11 @@ def test_eval_scores_reused_only_for_the_same_numerics(
         "device": device,
         "eval_scores": {"path": "/x/scores/abc", "device": eval_device, "bf16": eval_bf16},
     }
-    got = latency.reusable_eval_scores(job, optimization)
+    got = latency_device.reusable_eval_scores(job, optimization)
     assert (got == Path("/x/scores/abc")) if reused else got is None
-    assert latency.reusable_eval_scores({"device": "cpu", "eval_scores": None}, "fp32") is None
+    assert (
+        latency_device.reusable_eval_scores({"device": "cpu", "eval_scores": None}, "fp32") is None
+    )
 
 
 def test_bad_optimisation_fails_before_measuring(tmp_path):

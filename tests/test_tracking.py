@@ -1,7 +1,7 @@
 """Results store and W&B mirror: offline runs carry the logged keys; W&B failures lose nothing.
 
 The W&B tests run W&B offline into tmp dirs and read the run back from its `.wandb`
-transaction log (tracking.read_wandb_records): what W&B would upload is what is asserted.
+transaction log (wandb_mirror.read_wandb_records): what W&B would upload is what is asserted.
 """
 
 from __future__ import annotations
@@ -15,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rerank_sweeps import tracking
+from rerank_sweeps import tracking, wandb_mirror
 from rerank_sweeps.config import validate
-from rerank_sweeps.tracking import (
-    JobInfo,
-    RunRecord,
-    WandbTracker,
-    load_records,
-    read_wandb_records,
-    wandb_mode,
-)
+from rerank_sweeps.tracking import JobInfo, RunRecord, load_records
+from rerank_sweeps.wandb_mirror import WandbTracker, read_wandb_records, wandb_mode
 from tests.conftest import REPO, compose_config, write_negatives
 
 RESULT = {
@@ -126,7 +120,7 @@ def test_offline_run_holds_config_summary_tables_and_exit_code(
 
 
 def test_no_cache_hits_is_an_empty_list_and_no_objective_names_no_objective() -> None:
-    summary = tracking.results_summary({"metrics": {}, "objective": [0.5]})
+    summary = wandb_mirror.results_summary({"metrics": {}, "objective": [0.5]})
     assert summary["cache_hits"] == [] and summary["cache/hits"] == 0
     assert "objective" not in summary  # values without their names would be unreadable
 
@@ -331,7 +325,7 @@ def test_training_without_an_open_run_logs_nowhere(tmp_path: Path, monkeypatch) 
     import wandb
 
     monkeypatch.setattr(wandb, "run", None)  # whatever an earlier test left
-    callback = tracking.train_log_callback()
+    callback = wandb_mirror.train_log_callback()
 
     class State:
         is_world_process_zero = True
