@@ -23,6 +23,26 @@ if TYPE_CHECKING:
     from rerank_sweeps.speedups import Optimization
 
 
+def features_module(model: Any, attr: str, output: Any) -> tuple[Any, str]:
+    """An nn.Module of (input_ids, attention_mask[, token_type_ids]) returning
+    `output(model, features)`, for export: `model` is its submodule `attr`, so the export's
+    name scopes start with `attr + "."` (returned too)."""
+    import torch
+
+    class FeaturesModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            setattr(self, attr, model)
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+            features = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                features["token_type_ids"] = token_type_ids
+            return output(getattr(self, attr), features)
+
+    return FeaturesModule().eval(), attr + "."
+
+
 class Architecture:
     """One reranker architecture: its declarations (class attributes) and its hooks."""
 

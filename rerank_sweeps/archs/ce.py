@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rerank_sweeps.archs.base import Architecture
+from rerank_sweeps.archs.base import Architecture, features_module
 from rerank_sweeps.config import UserError
 from rerank_sweeps.data import NTuple
 from rerank_sweeps.distill import margin_mse_rows, mse_pairs
@@ -127,7 +127,9 @@ class CrossEncoderArch(Architecture):
 
     def export_module(self, model: Any) -> tuple[Any, str]:
         """The logits (batch, labels) of the CrossEncoder's transformers model."""
-        return _logits_module(model.model).eval(), "model."
+        return features_module(
+            model.model, "model", lambda hf, features: hf(**features, return_dict=True).logits
+        )
 
     def sample_features(self, model: Any, queries: list[str], texts: list[str]) -> Any:
         """The pairs through the CrossEncoder's tokenizer."""
@@ -140,24 +142,6 @@ class CrossEncoderArch(Architecture):
     def runner_forward(self, runner: Any) -> Any:
         """`runner.hf_forward`: the runner called like a transformers model."""
         return runner.hf_forward
-
-
-def _logits_module(hf_model: Any) -> Any:
-    """An nn.Module returning the logits (batch, labels) of a transformers classifier."""
-    import torch
-
-    class CrossEncoderLogits(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = hf_model
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **extra
-            ).logits
-
-    return CrossEncoderLogits()
 
 
 class CrossEncoderReranker(ModelReranker):

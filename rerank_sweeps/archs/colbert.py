@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rerank_sweeps.archs.base import Architecture
+from rerank_sweeps.archs.base import Architecture, features_module
 from rerank_sweeps.config import UserError
 from rerank_sweeps.data import NTuple
 from rerank_sweeps.distill import distillation_rows
@@ -130,7 +130,9 @@ class ColBERTArch(Architecture):
 
     def export_module(self, model: Any) -> tuple[Any, str]:
         """PyLate ColBERT's token embeddings (batch, length, dim), before normalisation."""
-        return _tokens_module(model).eval(), "colbert."
+        return features_module(
+            model, "colbert", lambda colbert, features: colbert(features)["token_embeddings"]
+        )
 
     def sample_features(self, model: Any, queries: list[str], texts: list[str]) -> Any:
         """The texts tokenised as documents (PyLate's prefix tokens)."""
@@ -159,24 +161,6 @@ def maxsim(query: Any, docs: Any, doc_mask: Any) -> Any:
     sim = torch.einsum("qd,nld->nql", query, docs)
     sim = sim.masked_fill(~doc_mask[:, None, :], float("-inf"))
     return sim.max(dim=2).values.sum(dim=1)
-
-
-def _tokens_module(colbert: Any) -> Any:
-    """An nn.Module returning PyLate ColBERT's token embeddings for the feature tensors."""
-    import torch
-
-    class ColBERTTokens(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.colbert = colbert
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-            features = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                features["token_type_ids"] = token_type_ids
-            return self.colbert(features)["token_embeddings"]
-
-    return ColBERTTokens()
 
 
 class ColBERTReranker(ModelReranker):
