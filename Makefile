@@ -23,10 +23,10 @@ setup-run: $(RUN_STAMP) run-packages
 
 $(RUN_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile "$(TORCH_SPEC)" 2>&1 | $(QUIET)
-	$(BIN)/pip install -q --no-compile -e . 2>&1 | $(QUIET)
+	$(BIN)/pip install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET)
+	$(BIN)/pip install -q -e . 2>&1 | $(QUIET)
 	# --no-deps: see pyproject.toml (fast-plaid pins an old torch; we do not use PLAID).
-	$(BIN)/pip install -q --no-compile --no-deps pylate==1.6.0 2>&1 | $(QUIET)
+	$(BIN)/pip install -q --no-deps pylate==1.6.0 2>&1 | $(QUIET)
 	$(BIN)/python -c "import pylate, rerank_sweeps"
 	touch $(RUN_STAMP)
 
