@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rerank_sweeps.config import UserError
+
 log = logging.getLogger(__name__)
 
 LIBRARIES = ("torch", "transformers", "sentence_transformers", "pylate", "lancedb", "numpy")
@@ -67,12 +69,7 @@ def device_info(device: str) -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "loadavg_start": loadavg(),
     }
-    try:
-        from rerank_sweeps.rerankers import cpu_has_fast_bf16
-
-        info["cpu_fast_bf16"] = cpu_has_fast_bf16()
-    except ImportError:  # pragma: no cover - rerankers is part of the package
-        pass
+    info["cpu_fast_bf16"] = cpu_has_fast_bf16()
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(device)
         info.update(
@@ -92,3 +89,31 @@ def loadavg() -> float | None:
         return float(Path("/proc/loadavg").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16", "amx_tile"))
+
+
+def resolve_bf16(setting: str | bool, device: str) -> bool:
+    """Resolve a bf16 setting (auto | true | false) for `device`: the one decision behind
+    `eval.bf16`, `arch.bf16` (training) and `mining.bf16`.
+
+    auto: on for CUDA devices that support bf16 and for CPUs with a bf16 fast path; off
+    elsewhere (emulated bf16 on an old CPU is slower than fp32).
+    """
+    value = str(setting).lower()
+    if value in ("true", "false"):
+        return value == "true"
+    if value != "auto":
+        raise UserError(f"bf16={setting!r} is not allowed: one of auto, true, false")
+    if device.startswith("cuda"):
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return cpu_has_fast_bf16()

@@ -26,38 +26,12 @@ import pyarrow as pa
 from lancedb.rerankers import Reranker
 
 from rerank_sweeps.config import UserError
+from rerank_sweeps.machine import resolve_bf16
 
 log = logging.getLogger(__name__)
 
 RERANKER_JSON = "reranker.json"
 RELEVANCE = "_relevance_score"
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_bf16(setting: str | bool, device: str) -> bool:
-    """Resolve `eval.bf16` (auto | true | false) for `device`.
-
-    auto: on for CUDA devices that support bf16 and for CPUs with a bf16 fast path; off
-    elsewhere (emulated bf16 on an old CPU is slower than fp32).
-    """
-    value = str(setting).lower()
-    if value in ("true", "false"):
-        return value == "true"
-    if value != "auto":
-        raise UserError(f"bf16={setting!r} is not allowed: one of auto, true, false")
-    if device.startswith("cuda"):
-        import torch
-
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return cpu_has_fast_bf16()
 
 
 def rerank_order(scores: np.ndarray) -> np.ndarray:

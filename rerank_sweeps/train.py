@@ -271,11 +271,12 @@ def train_reranker(
     reranker.json payload.
     """
     model, model_id = load_start_model(conf)
+    dev_rows = clean_dev(dev)
     if dev_data is not None and dev_data.items:
         meta = {"max_length": conf.arch.max_length, "query_length": conf.arch.query_length}
         evaluator = candidate_evaluator(conf.arch.name, dev_data, conf.eval.batch_size, meta)
     else:
-        evaluator = make_evaluator(conf, dev) if clean_dev(dev) else None
+        evaluator = make_evaluator(conf, dev_rows) if dev_rows else None
     # The untrained dev metric is computed once per build: a resumed run reads it back.
     untrained_file = work_dir / "dev_untrained.json"
     if untrained_file.is_file():
@@ -323,7 +324,7 @@ def train_reranker(
             dev_metrics = evaluate_dev(evaluator, model)
         extra |= finish_training(dev_data, evaluator, model, dev_metrics)
     info = _info(conf, model_id, conf.epochs, conf.negatives, dev_metrics, dev_untrained, **extra)
-    save_reranker(model, out_dir, info, conf, num_train=num_train, num_dev=len(clean_dev(dev)))
+    save_reranker(model, out_dir, info, conf, num_train=num_train, num_dev=len(dev_rows))
     return info
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from rerank_sweeps.config import UserError
 from rerank_sweeps.data import NTuple, normalize
+from rerank_sweeps.machine import resolve_bf16
 
 if TYPE_CHECKING:
     from rerank_sweeps.config import RunConfig
@@ -133,15 +134,7 @@ def use_bf16(setting: str) -> bool:
     """bf16 for training: `true`/`false`, or `auto` = whether this device computes bf16 natively."""
     import torch
 
-    choice = str(setting).lower()
-    if choice in ("true", "false"):
-        return choice == "true"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:  # private helpers, but the only direct test for AVX512-BF16 / AMX in torch
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
+    return resolve_bf16(setting, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def schedule(num_examples: int, conf: RunConfig) -> dict[str, int]:

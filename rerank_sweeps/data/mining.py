@@ -19,6 +19,7 @@ from typing import Any
 from rerank_sweeps.config import MiningConfig, UserError
 from rerank_sweeps.data.records import NTuple, QAPair, answer_key, normalize
 from rerank_sweeps.data.static import STATIC_PREFIX, distill_static
+from rerank_sweeps.machine import resolve_bf16
 from rerank_sweeps.models import hub_unavailable, resolve_model
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def load_miner(mining: MiningConfig) -> tuple[Any, bool]:
         path = str(distill_static(mining.model_id[len(STATIC_PREFIX) :]))
     else:
         path = resolve_model(mining.model_id)
-    bf16 = not static and _bf16_wanted(mining.bf16, device)
+    bf16 = not static and resolve_bf16(mining.bf16, device)
     kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if bf16 else {}
     try:
         model = SentenceTransformer(path, device=device, **kwargs)
@@ -49,20 +50,6 @@ def load_miner(mining: MiningConfig) -> tuple[Any, bool]:
     if not static:  # a static embedding has no sequence limit (and no setter for one)
         model.max_seq_length = mining.max_seq_length
     return model, bf16
-
-
-def _bf16_wanted(setting: str, device: str) -> bool:
-    import torch
-
-    setting = str(setting).lower()
-    if setting != "auto":
-        return setting == "true"
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # bf16 matmuls are fast only on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere they
-    # are emulated and slower than float32.
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 # Question x corpus similarities scored in one call of the library (floats): ~0.8 GB.
