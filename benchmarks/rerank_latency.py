@@ -126,7 +126,7 @@ def bench_conf(args: argparse.Namespace, arch: str) -> Any:
     """The run config for the benchmark's data and models (small, cached under outputs/bench)."""
     from hydra import compose, initialize_config_module
 
-    from rerank_sweeps.config import validate
+    from rerank_sweeps.validation import validate
 
     overrides = [
         "data=wordnet",
@@ -220,8 +220,8 @@ def lancedb_cross_encoder(model_dir: Path, batch_size: int) -> Any:
 
 def our_reranker(model_art: Path, optimization: str, args: argparse.Namespace) -> Any:
     """Our reranker for the artifact with `optimization` installed (fp32 = as evaluated)."""
-    from rerank_sweeps.rerankers import load_reranker
-    from rerank_sweeps.speedups import apply_optimization
+    from rerank_sweeps.archs import load_reranker
+    from rerank_sweeps.optimize import apply_optimization
 
     reranker = load_reranker(model_art, "cpu", False, args.batch_size)
     return apply_optimization(reranker, optimization, sort_batch_size=args.sort_batch_size)

@@ -96,7 +96,7 @@ def ours(arch: str, rows, total_steps: int, out: Path, model_id: str) -> StepClo
     from hydra import compose, initialize_config_module
 
     from rerank_sweeps import train
-    from rerank_sweeps.config import validate
+    from rerank_sweeps.validation import validate
 
     with initialize_config_module("rerank_sweeps.conf", version_base="1.3"):
         cfg = compose(

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import hydra
 from omegaconf import DictConfig
 
-from rerank_sweeps.config import ConfigError, UserError, mask_secrets, validate
+from rerank_sweeps.config import ConfigError, UserError, mask_secrets
+from rerank_sweeps.validation import validate
 
 log = logging.getLogger("rerank_sweeps")
 

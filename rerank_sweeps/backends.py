@@ -55,6 +55,7 @@ import numpy as np
 from rerank_sweeps.archs import get_arch
 from rerank_sweeps.cache import Artifact, Cache, artifact_at
 from rerank_sweeps.config import UserError
+from rerank_sweeps.speedups import BACKENDS, backbone_linear_names
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,6 @@ def quantize_int8(model: Any, arch: str, src: Path, out_dir: Path) -> dict[str, 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from rerank_sweeps.speedups import backbone_linear_names
-
     _, prefix = get_arch(arch).export_module(model)
     backbone = {prefix + name for name in backbone_linear_names(get_arch(arch).backbone(model))}
     graph = onnx.load(str(src), load_external_data=False).graph
@@ -252,8 +251,6 @@ def backend_artifact(
 
     `cache` defaults to the cache that holds the model artifact.
     """
-    from rerank_sweeps.speedups import BACKENDS
-
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
     found = artifact_at(Path(model_artifact_dir))

@@ -1,13 +1,16 @@
 """Structured schemas for every config group, and the one-line errors for bad values.
 
-Hydra composes YAML; `validate(cfg)` turns the composed tree into typed dataclasses. Type
-errors come from OmegaConf, range and choice errors from the `__post_init__` checks below;
-both surface as `ConfigError` whose message is one line naming the key, the value and
+Hydra composes YAML; `to_run_config(cfg)` turns the composed tree into typed dataclasses.
+Type errors come from OmegaConf, range and choice errors from the `__post_init__` checks
+below; both surface as `ConfigError` whose message is one line naming the key, the value and
 what is allowed.
 
-Over 450 lines on purpose: every group's schema, defaults and checks in one place, so a
-setting is looked up in one file. Checks that need a registry above the configuration (the
-architectures, the data sources, the speed-ups, the teacher) import it inside the check.
+This is the bottom layer: it imports nothing from the package but `records`. The checks that
+need a registry above it (data source names, architectures and their declarations, the
+speed-ups, the teacher) are in `validation`, whose `validate(cfg)` is the one entry point.
+
+Over 450 lines on purpose: every group's schema, defaults and self-contained checks in one
+place, so a setting is looked up in one file.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rerank_sweeps.records import METRICS
+from rerank_sweeps.records import DEV_KS, DEV_PRIMARY, METRICS
 
 
 class ConfigError(ValueError):
@@ -86,9 +89,7 @@ class DataConfig:
     corpus_size: int = 10000  # rows in the LanceDB table: eval answers + distractors
 
     def __post_init__(self) -> None:
-        from rerank_sweeps.data.registry import check_source  # the data package imports config
-
-        check_source(self)
+        # data.source and data.path: `validation` (the data sources' registry).
         if self.format is not None:
             _choice("data.format", self.format, ("jsonl", "parquet", "csv"))
         _check(_known_codec(self.encoding), "data.encoding", self.encoding, "a Python codec name")
@@ -169,14 +170,12 @@ class ArchConfig:
     checkpoint_minutes: float | None = 10.0
     # Where the distillation losses (the architectures' `teacher_losses`) get their targets: null | miner | a
     # cross-encoder / ColBERT directory | a teacher trained in the same job (an arch config
-    # name, or {arch: colbert, base: minilm, epochs: 1, ...}); see rerank_sweeps/distill.py.
+    # name, or {arch: colbert, base: minilm, epochs: 1, ...}); see rerank_sweeps/teacher.py.
     teacher: Any = None
     teacher_scale: float = 1.0  # teacher scores are multiplied by this before the loss
 
     def __post_init__(self) -> None:
-        from rerank_sweeps.archs import arch_names  # the architectures are above the config
-
-        _choice("arch.name", self.name, arch_names())
+        # arch.name, arch.loss and arch.teacher: `validation` (the architectures' registry).
         _check(self.teacher_scale > 0, "arch.teacher_scale", self.teacher_scale, "a number > 0")
         _choice("arch.bf16", str(self.bf16).lower(), ("auto", "true", "false"))
         _check(self.lr > 0, "arch.lr", self.lr, "a number > 0")
@@ -347,11 +346,7 @@ class LatencyConfig:
         _check(self.iterations >= 1, "latency.iterations", self.iterations, "an integer >= 1")
         for d in self.devices:
             _choice("latency.devices", d, ("cpu", "cuda"))
-        # Names (and a backend's packages) are checked here, not after hours of training.
-        from rerank_sweeps.speedups import check_optimization, parse_optimization
-
-        for name in self.optimizations:
-            (check_optimization if self.enabled else parse_optimization)(name)
+        # The optimisation names (and a backend's packages): `validation`, before any job.
 
 
 @dataclass
@@ -425,19 +420,7 @@ class RunConfig:
             types = self.query_type.types
             qt = self.query_type.primary if self.query_type.primary in types else types[0]
             self.objective = [f"{qt}/reranked/hit@{min(self.top_k)}"]
-        if self.arch.loss is not None:
-            from rerank_sweeps.archs import get_arch
-
-            losses = get_arch(self.arch.name).losses
-            _check(
-                self.arch.loss in losses,
-                "arch.loss",
-                self.arch.loss,
-                f"for arch={self.arch.name} choose one of {', '.join(losses)}",
-            )
-        from rerank_sweeps.teacher import check_teacher  # it builds a teacher's RunConfig
-
-        check_teacher(self)
+        # arch.loss, arch.teacher and init=pretrained: `validation` (the architectures).
         for name in self.objective:
             _check(
                 re.fullmatch(r"dev/[^/]+|[^/]+/[^/]+/[^/@]+(@\d+)?|[^/]+/[^/]+/[^/]+/[^/]+", name)
@@ -456,17 +439,6 @@ class RunConfig:
                 f"mining.model_id={self.mining.model_id!r} is the model being trained "
                 f"(base={self.base.name}): mine with another model (mining.model_id=...) or "
                 "with the first-stage retriever (mining.source=retriever)"
-            )
-        if self.init == "pretrained":
-            from rerank_sweeps.archs import get_arch
-
-            field = get_arch(self.arch.name).pretrained_field
-            pretrained = getattr(self.base, field) if field else None
-            _check(
-                bool(pretrained),
-                "init",
-                self.init,
-                f"base={self.base.name} names no pretrained {self.arch.name} reranker",
             )
 
 
@@ -504,10 +476,8 @@ def _objective_dev_problem(conf: RunConfig, name: str) -> str | None:
     which picks the checkpoint) or `<type>_<hit|mrr|ndcg>@<5|10>`; a study that optimises one
     of them never looks at the eval set.
     """
-    from rerank_sweeps.devsignal import DEV_KS, PRIMARY
-
     key = name.removeprefix("dev/")
-    allowed = [PRIMARY] + [
+    allowed = [DEV_PRIMARY] + [
         f"{qt}_{m}@{k}" for qt in conf.dev.query_types for m in METRICS for k in DEV_KS
     ]
     if conf.epochs == 0:
@@ -549,8 +519,10 @@ def _same_model(a: str, b: str) -> bool:
 _SCALAR_OR_LIST = ("top_k", "objective", "latency.candidates", "dev.query_types", "mining.legs")
 
 
-def validate(cfg: DictConfig) -> RunConfig:
-    """Turn a composed Hydra config into a typed `RunConfig`, or raise a one-line ConfigError."""
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Turn a composed Hydra config into a typed `RunConfig` with the schemas' own checks, or
+    raise a one-line ConfigError. `validation.validate` adds the checks against the registries
+    and is what callers use; this alone is for configs derived from a validated one."""
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
     raw.pop("hydra", None)

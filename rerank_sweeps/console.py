@@ -235,9 +235,10 @@ def _comparison(record: dict[str, Any], qt: str, system: str, metric: str) -> st
     return f"{value:.3f} {100 * paired['diff']:+.1f} [{lo:+.1f},{hi:+.1f}] {p_text}"
 
 
-def closing_summary(record: dict[str, Any], conf: Any) -> str:
+def closing_summary(record: dict[str, Any], conf: Any, loader: str) -> str:
     """The lines that end a run: the objective, the headline comparison (reranked and fused vs
-    the first stage, points with the paired 95% interval and p) and where everything is."""
+    the first stage, points with the paired 95% interval and p) and where everything is;
+    `loader` says how a user loads the model (the architecture's `loader`)."""
     run_dir = record.get("run_dir", "")
     seconds = sum(record.get("stage_seconds", {}).values())
     lines = [f"── done in {int(seconds // 60)}m{int(seconds % 60):02d}s · {run_dir}"]
@@ -270,9 +271,6 @@ def closing_summary(record: dict[str, Any], conf: Any) -> str:
             f"{gate['first_stage']:.3f}"
         )
     if record.get("model_dir"):
-        from rerank_sweeps.archs import get_arch
-
-        loader = get_arch(conf.arch.name).loader
         lines.append(f"model      {record['model_dir']}  ({loader})")
     files = "table.md (all metrics), results.json, record.json, runs/*.trec, run.log"
     lines.append(f"files      {files}{', latency.md' if conf.latency.enabled else ''}")

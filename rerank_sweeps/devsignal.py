@@ -25,11 +25,10 @@ import numpy as np
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import RunConfig
 from rerank_sweeps.data import Doc, EvalQuery, Split, load_split, normalize
-from rerank_sweeps.records import METRICS
+from rerank_sweeps.records import DEV_KS, METRICS
+from rerank_sweeps.records import DEV_PRIMARY as PRIMARY
 
 DEVSPLIT_VERSION = 1
-DEV_KS = (5, 10)
-PRIMARY = "ndcg@10"  # the primary dev metric: mean nDCG@10 over the dev query types
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Distillation: where teacher scores come from, and the cached stage that stores them.
 
-The teacher (`arch.teacher`) is parsed and checked in `teacher`.
+The teacher (`arch.teacher`) is parsed in `teacher` and checked in `validation`.
 
 `teacher_scores_stage` scores each training tuple's (question, positive, negatives...) with
 the teacher once, in fp32, into its own artifact (key: the negatives artifact and the
-teacher's identity). The losses that read it (the architectures' `teacher_losses`) build their datasets with
+teacher's identity). A teacher trained in the same job is trained first, by
+`train.model_stage`, which hands its model artifact in. The losses that read the scores (the
+architectures' `teacher_losses`) build their datasets with `distill_data`'s
 `margin_mse_rows`, `mse_pairs` and `distillation_rows`.
 """
 
@@ -15,39 +17,22 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rerank_sweeps.archs import get_arch, load_reranker
 from rerank_sweeps.cache import MARKER, Artifact, Cache
-from rerank_sweeps.config import (
-    RunConfig,
-    UserError,
-)
-from rerank_sweeps.teacher import (
-    MINER,
-    TeacherSpec,
-    parse_teacher,
-    teacher_run_config,
-)
-
-if TYPE_CHECKING:
-    from rerank_sweeps.data import NTuple
-    from rerank_sweeps.devsignal import DevArtifacts
+from rerank_sweeps.config import RunConfig, UserError
+from rerank_sweeps.console import progress
+from rerank_sweeps.data import NTuple, load_miner, load_negatives, miner_config
+from rerank_sweeps.teacher import MINER, TeacherSpec, parse_teacher
 
 log = logging.getLogger(__name__)
 
 TEACHER_SCORES_VERSION = 1
 # Questions scored per call of the teacher (one progress-bar step).
 _CHUNK = 64
-
-
-@dataclass
-class TeacherScores:
-    """Teacher scores of the training tuples: `scores[i]` = [positive, *negatives] of tuple i."""
-
-    scores: list[list[float]]
-    identity: dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- identity
@@ -68,8 +53,6 @@ def teacher_identity(
 ) -> dict[str, Any]:
     """What the teacher's scores depend on (the teacher scores artifact's key config)."""
     if spec.kind == MINER:
-        from rerank_sweeps.data import miner_config
-
         mining = miner_config(conf)
         return {"kind": MINER, "model_id": mining.model_id, "max_seq_length": mining.max_seq_length}
     if spec.kind == "trained":
@@ -92,8 +75,6 @@ def teacher_identity(
 def miner_scorer(conf: RunConfig) -> Callable[[list[str], list[str]], list[float]]:
     """Cosine similarity of (query, text) pairs under the mining bi-encoder, in fp32."""
     import numpy as np
-
-    from rerank_sweeps.data import load_miner, miner_config
 
     # fp32 whatever mining.bf16 says: the scores are training targets, stored once.
     model, _ = load_miner(replace(miner_config(conf), bf16="false"))
@@ -120,9 +101,6 @@ def reranker_scorer(
 ) -> Callable[[list[str], list[str]], list[float]]:
     """A cross-encoder's raw logit or a ColBERT's MaxSim per pair, through our LanceDB
     reranker adapters (the scoring the evaluation uses), in fp32."""
-    from rerank_sweeps.archs import get_arch
-    from rerank_sweeps.rerankers import load_reranker
-
     options = {"device": conf.eval.device, "bf16": False, "batch_size": conf.eval.batch_size}
     if teacher_art is not None:
         reranker = load_reranker(teacher_art.path, **options)
@@ -143,8 +121,6 @@ def score_tuples(
     rows: Sequence[NTuple], score: Callable[[list[str], list[str]], list[float]]
 ) -> list[list[float]]:
     """[positive, *negatives] scores of every tuple, in chunks, with a progress bar."""
-    from rerank_sweeps.console import progress
-
     out: list[list[float]] = []
     with progress(total=len(rows), desc="teacher scores", unit="question") as bar:
         for start in range(0, len(rows), _CHUNK):
@@ -180,27 +156,25 @@ def _agreement(scores: Sequence[Sequence[float]]) -> dict[str, float | None]:
 def teacher_scores_stage(
     conf: RunConfig,
     cache: Cache,
-    split_art: Artifact,
     neg_art: Artifact,
-    dev: DevArtifacts | None = None,
+    *,
+    teacher_model: Artifact | None = None,
 ) -> Artifact:
     """The teacher's scores of every training tuple (scores.jsonl, stats.json), cached.
 
     Key: the negatives artifact and the teacher's identity (the miner's id, a model
     artifact's key, a directory's path and file fingerprint, or the trained teacher's model
-    artifact, which is trained first through `train.model_stage` with the same `dev`).
+    artifact `teacher_model`, trained first by `train.model_stage`).
     """
-    from rerank_sweeps.data import load_negatives
-
     spec = parse_teacher(conf.arch.teacher)
     if spec is None:
         raise UserError(f"arch.loss={conf.arch.loss!r} needs arch.teacher")
     inputs: list[Artifact] = [neg_art]
     teacher_art = None
     if spec.kind == "trained":
-        from rerank_sweeps.train import model_stage
-
-        teacher_art = model_stage(teacher_run_config(conf, spec), cache, split_art, neg_art, dev)
+        if teacher_model is None:
+            raise ValueError("a teacher trained here needs its model artifact (teacher_model)")
+        teacher_art = teacher_model
         inputs.append(teacher_art)
     identity = teacher_identity(conf, spec, teacher_art)
 
@@ -233,80 +207,3 @@ def teacher_scores_stage(
         )
 
     return cache.stage("teacher_scores", TEACHER_SCORES_VERSION, identity, inputs, build)
-
-
-def load_teacher_scores(art: Artifact | Path | str, rows: Sequence[NTuple]) -> TeacherScores:
-    """The scores of a teacher scores artifact, checked against the tuples they belong to."""
-    root = art.path if isinstance(art, Artifact) else Path(art)
-    lines = (root / "scores.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    if len(records) != len(rows) or any(
-        r["question"] != t.question or len(r["scores"]) != 1 + len(t.negatives)
-        for r, t in zip(records, rows, strict=False)
-    ):
-        raise UserError(f"{root}: teacher scores do not match the training tuples")
-    stats = json.loads((root / "stats.json").read_text())
-    return TeacherScores([r["scores"] for r in records], stats.get("teacher", {}))
-
-
-# ----------------------------------------------------------------------------- datasets
-
-
-def _fixed_width(
-    rows: Sequence[NTuple], scores: Sequence[Sequence[float]], what: str
-) -> tuple[int, list[list[float]]]:
-    """The fewest negatives of any row (every row must have as many texts for the losses'
-    batching), and each row's scores cut to [positive, first n negatives]."""
-    if len(scores) != len(rows):
-        raise UserError(f"{what}: {len(scores)} teacher score rows for {len(rows)} tuples")
-    n = min((len(t.negatives) for t in rows), default=0)
-    if n == 0:
-        raise UserError(f"{what} training needs at least one negative per training question")
-    return n, [list(s[: 1 + n]) for s in scores]
-
-
-def margin_mse_rows(
-    rows: Sequence[NTuple], scores: Sequence[Sequence[float]], scale: float = 1.0
-) -> dict[str, list]:
-    """MarginMSELoss rows: query, positive, negative_1..n and `label`, the teacher's margins
-    scale * (score(positive) - score(negative_i)) for i in 1..n."""
-    n, cut = _fixed_width(rows, scores, "arch.loss=margin_mse")
-    columns: dict[str, list] = {"query": [], "positive": []}
-    for i in range(1, n + 1):
-        columns[f"negative_{i}"] = []
-    columns["label"] = []
-    for t, s in zip(rows, cut, strict=True):
-        columns["query"].append(t.question)
-        columns["positive"].append(t.positive)
-        for i in range(n):
-            columns[f"negative_{i + 1}"].append(t.negatives[i])
-        columns["label"].append([scale * (s[0] - x) for x in s[1:]])
-    return columns
-
-
-def mse_pairs(
-    rows: Sequence[NTuple], scores: Sequence[Sequence[float]], scale: float = 1.0
-) -> dict[str, list]:
-    """MSELoss pairs: (query, passage) with `label` = scale * the teacher's score."""
-    if len(scores) != len(rows):
-        raise UserError(f"arch.loss=mse: {len(scores)} teacher score rows for {len(rows)} tuples")
-    query, passage, label = [], [], []
-    for t, s in zip(rows, scores, strict=True):
-        for text, value in zip([t.positive, *t.negatives], s, strict=True):
-            query.append(t.question)
-            passage.append(text)
-            label.append(scale * value)
-    return {"query": query, "passage": passage, "label": label}
-
-
-def distillation_rows(
-    rows: Sequence[NTuple], scores: Sequence[Sequence[float]], scale: float = 1.0
-) -> dict[str, list]:
-    """PyLate Distillation rows: query, documents [positive, *negatives[:n]] and `scores`
-    (scale * the teacher's scores of those documents, the KL target's logits)."""
-    n, cut = _fixed_width(rows, scores, "arch.loss=distillation")
-    return {
-        "query": [t.question for t in rows],
-        "documents": [[t.positive, *t.negatives[:n]] for t in rows],
-        "scores": [[scale * x for x in s] for s in cut],
-    }

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rerank_sweeps.archs import load_reranker, read_reranker_meta
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.candidates import (
     CANDIDATES_VERSION,
@@ -63,7 +64,7 @@ from rerank_sweeps.metrics import (
     wilson_interval,
 )
 from rerank_sweeps.records import BASELINE, CEILING, FUSED, METRICS, RERANKED, count_key
-from rerank_sweeps.rerankers import ModelReranker, load_reranker, read_reranker_meta
+from rerank_sweeps.rerankers import ModelReranker
 from rerank_sweeps.scoring import (
     SCORES_VERSION,
     _describe,

@@ -6,7 +6,7 @@ Keys of the flat dict `latency_stage` returns (the run record's "latency"), all 
 
 - device: `cpu`, or `cuda` when torch sees a GPU (a missing GPU is logged and skipped).
 - system: `none` (no reranker: query embedding + vector search only), the arch (`ce` or
-  `colbert`: the trained reranker in float32, exactly as `rerankers.load_reranker` loads it),
+  `colbert`: the trained reranker in float32, exactly as `archs.load_reranker` loads it),
   or `<arch>+<optimisation>` for an entry of `conf.latency.optimizations` other than fp32
   (`ce+bf16`, `colbert+int8+sort`; see `rerank_sweeps.speedups`).
 - candidates: N in `conf.latency.candidates`: "vector search limit N, rerank N", as in the blog.
@@ -160,8 +160,8 @@ def build_job(
     `scores_art` is the evaluation's scores artifact for this model, reused for the accuracy
     of the optimisation whose numerics it matches (`reusable_eval_scores`).
     """
+    from rerank_sweeps.archs import read_reranker_meta
     from rerank_sweeps.evaluate import depth_for
-    from rerank_sweeps.rerankers import read_reranker_meta
     from rerank_sweeps.speedups import parse_optimization
 
     lat = conf.latency

@@ -157,10 +157,11 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from rerank_sweeps import evaluate as ev
+    from rerank_sweeps.archs import load_reranker
     from rerank_sweeps.console import progress
     from rerank_sweeps.index import has_ann_index, load_embedder, open_table, read_corpus
-    from rerank_sweeps.rerankers import load_reranker
-    from rerank_sweeps.speedups import apply_optimization, system_name
+    from rerank_sweeps.optimize import apply_optimization
+    from rerank_sweeps.speedups import system_name
 
     device = job["device"]
     if job.get("threads"):

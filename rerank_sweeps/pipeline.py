@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rerank_sweeps.cache import Artifact, Cache
-from rerank_sweeps.config import RunConfig, mask_secrets, validate
+from rerank_sweeps.config import RunConfig, mask_secrets
+from rerank_sweeps.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None, conf: RunConfig | None = N
             record.data,
         )
     tracker.finish(exit_code=0)
+    from rerank_sweeps.archs import get_arch
     from rerank_sweeps.console import closing_summary
 
-    print(closing_summary(record.data, conf), flush=True)
+    print(closing_summary(record.data, conf, get_arch(conf.arch.name).loader), flush=True)
     return result
 
 
@@ -262,7 +264,7 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
 def _dev_fields(model_art: Artifact) -> dict[str, Any]:
     """What the trained model's dev evaluation says, for record.json: the dev gate, the dev
     metrics beside the first stage's, and the fusion weights (all measured on dev only)."""
-    from rerank_sweeps.rerankers import read_reranker_meta
+    from rerank_sweeps.archs import read_reranker_meta
 
     meta = read_reranker_meta(model_art.path)
     keys = ("dev_gate", "dev", "dev_first_stage", "fusion", "dev_protocol", "dev_history")

@@ -27,6 +27,10 @@ METRICS = ("hit", "mrr", "ndcg")
 BASELINE, CEILING = "baseline", "ceiling"
 RERANKED, FUSED, UNTRAINED = "reranked", "fused", "untrained"
 EVAL_CANDIDATES = "eval"  # the `candidates` part of a latency key holding an accuracy check
+# The dev evaluation's cut-offs and its primary metric (mean nDCG@10 over the dev query types):
+# record.json's `dev` keys are `ndcg@10` and `<type>_<metric>@<k>` for these k.
+DEV_KS = (5, 10)
+DEV_PRIMARY = "ndcg@10"
 
 
 def _metric_at_k(text: str) -> tuple[str, int]:

@@ -4,9 +4,10 @@ users run: `tbl.search(query_type="hybrid").vector(v).text(q).rerank(reranker=ou
 `ModelReranker` is what every architecture's reranker shares (LanceDB's interface, primed
 scores, timing, bf16 autocast); each architecture's own subclass lives in its module under
 `rerank_sweeps/archs/` (`archs.ce.CrossEncoderReranker`: raw logits as scores;
-`archs.colbert.ColBERTReranker`: MaxSim). `load_reranker(model_artifact_dir)` reads the
-artifact's reranker.json and returns the reranker of its architecture. Scores are float32; the ranking is a stable sort on descending score, so ties
-keep the incoming order (vector leg first, then the FTS leg's new rows, for hybrid).
+`archs.colbert.ColBERTReranker`: MaxSim). `archs.load_reranker(model_artifact_dir)` reads the
+artifact's reranker.json and returns the reranker of its architecture. Scores are float32; the
+ranking is a stable sort on descending score, so ties keep the incoming order (vector leg
+first, then the FTS leg's new rows, for hybrid).
 
 Evaluation scores every unique (query, text) pair once in one length-sorted batched pass and
 `prime`s the reranker with the results; the `rerank_*` methods then look scores up instead of
@@ -15,7 +16,6 @@ running the model again, for every k and query type.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 from lancedb.rerankers import Reranker
 
-from rerank_sweeps.config import UserError
 from rerank_sweeps.machine import resolve_bf16
 
 log = logging.getLogger(__name__)
@@ -204,41 +203,3 @@ def length_sorted(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         (len(q) + len(t) for q, t in zip(queries, texts, strict=True)), dtype=np.int64
     )
     return np.argsort(-lengths, kind="stable")
-
-
-def read_reranker_meta(model_artifact_dir: str | Path) -> dict[str, Any]:
-    """The artifact's reranker.json, or a one-line UserError."""
-    path = Path(model_artifact_dir) / RERANKER_JSON
-    if not path.is_file():
-        raise UserError(f"{path} is missing: {model_artifact_dir} is not a model artifact")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not JSON ({err.msg})") from None
-    from rerank_sweeps.archs import ARCHITECTURES
-
-    if meta.get("arch") not in ARCHITECTURES:
-        raise UserError(
-            f"{path}: arch={meta.get('arch')!r} is not one of {', '.join(ARCHITECTURES)}"
-        )
-    return meta
-
-
-def load_reranker(
-    model_artifact_dir: str | Path,
-    device: str = "auto",
-    bf16: str | bool = "auto",
-    batch_size: int = 64,
-) -> ModelReranker:
-    """The LanceDB reranker for a model artifact (`model/` + reranker.json); loads lazily."""
-    from rerank_sweeps.archs import get_arch
-
-    meta = read_reranker_meta(model_artifact_dir)
-    cls = get_arch(meta["arch"]).reranker_class()
-    return cls(
-        Path(model_artifact_dir) / "model",
-        device=device,
-        bf16=bf16,
-        batch_size=batch_size,
-        meta=meta,
-    )

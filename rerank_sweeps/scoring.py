@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from rerank_sweeps.archs import load_reranker
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.candidates import EvalItem, EvaluationError, leg_prefix, load_items
 from rerank_sweeps.config import RunConfig, UserError
 from rerank_sweeps.index import read_corpus, read_jsonl
 from rerank_sweeps.machine import resolve_bf16
-from rerank_sweeps.rerankers import ModelReranker, load_reranker
+from rerank_sweeps.rerankers import ModelReranker
 
 SCORES_VERSION = 1
 

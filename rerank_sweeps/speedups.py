@@ -2,7 +2,7 @@
 
 An optimisation name is one token or several joined by "+":
 
-- `fp32`: the reference. The reranker exactly as `rerankers.load_reranker(..., bf16=False)`
+- `fp32`: the reference. The reranker exactly as `archs.load_reranker(..., bf16=False)`
   returns it: the path evaluation runs, in float32. Must stand alone.
 - `autocast`: the reranker's own bf16 autocast (`load_reranker(..., bf16=True)`), which is what
   `eval.bf16=auto` picks on a CPU or GPU with fast bf16.
@@ -27,9 +27,12 @@ An optimisation name is one token or several joined by "+":
   `rerank_sweeps.backends`. One backend at most, combinable with `sort` only.
 
 Any name other than `fp32` and `autocast` implies `lean`, so `bf16+sort` = lean path, bf16
-weights, length-sorted micro-batches. `apply_optimization(reranker, ...)` installs the lean
-path on a loaded `rerankers.ModelReranker` by replacing its `_score_pairs` on the instance, so
-every LanceDB entry point (`rerank_vector`, `rerank_fts`, `rerank_hybrid`, `score`) uses it.
+weights, length-sorted micro-batches. `optimize.apply_optimization(reranker, ...)` installs
+the lean path on a loaded `rerankers.ModelReranker` by replacing its `_score_pairs` on the
+instance, so every LanceDB entry point (`rerank_vector`, `rerank_fts`, `rerank_hybrid`,
+`score`) uses it. This module is the low layer (names, parsing, torch transforms) that the
+architectures' lean scorers and `backends` build on; config validation checks the names with
+`validation.check_optimization`.
 """
 
 from __future__ import annotations
@@ -114,22 +117,6 @@ def parse_optimization(name: str) -> Optimization:
         graphs="graphs" in tokens,
         backend=backends[0] if backends else None,
     )
-
-
-def check_optimization(name: str) -> Optimization:
-    """`parse_optimization`, plus a one-line ConfigError when a backend's packages are missing
-    (config validation: before anything trains)."""
-    opt = parse_optimization(name)
-    if opt.backend is not None:
-        from rerank_sweeps.backends import missing_packages
-
-        missing = missing_packages(opt.backend)
-        if missing:
-            raise ConfigError(
-                f"latency.optimizations={name!r} needs {', '.join(missing)}: "
-                "pip install -e '.[backends]' (make setup installs them)"
-            )
-    return opt
 
 
 def system_name(arch: str, optimization: str) -> str:
@@ -232,63 +219,6 @@ def maybe_compile(fn: Any, opt: Optimization) -> Any:
     import torch
 
     return torch.compile(fn, dynamic=True)
-
-
-def apply_optimization(
-    reranker: Any,
-    optimization: str | Optimization,
-    *,
-    batch_size: int | None = None,
-    sort_batch_size: int = 16,
-    cache: Any = None,
-) -> Any:
-    """Install `optimization` on a loaded `rerankers.ModelReranker` (in place) and return it.
-
-    The reranker must have been loaded with bf16=False. fp32 leaves it untouched; autocast
-    switches on its own bf16 autocast; everything else replaces its `_score_pairs` with a lean
-    scorer (`reranker.lean`) built around the reranker's own model object. For a backend the
-    lean scorer's forward pass is the backend's runner (`reranker.lean.runner`), exported into
-    `cache` (a `cache.Cache`; default: the cache holding the model artifact) on first use.
-    """
-    opt = (
-        optimization if isinstance(optimization, Optimization) else parse_optimization(optimization)
-    )
-    reason = unsupported_reason(opt, reranker.device)
-    if reason is not None:
-        raise ConfigError(
-            f"latency.optimizations={opt.name!r} cannot run on {reranker.device}: {reason}"
-        )
-    reranker.optimization = opt.name
-    if opt.reference:
-        reranker.bf16 = False
-        return reranker
-    if opt.autocast:
-        reranker.bf16 = True
-        return reranker
-    reranker.bf16 = False  # the lean scorer sets its own dtype; no autocast on top
-    from rerank_sweeps.archs import get_arch
-
-    arch = get_arch(reranker.meta.get("arch"))
-    if opt.graphs and not arch.supports_graphs:
-        raise ConfigError(
-            f"latency.optimizations={opt.name!r}: CUDA graphs are implemented for the "
-            f"cross-encoder only ({arch.title}'s forward is not captured)"
-        )
-    batch = int(batch_size or reranker.batch_size)
-    lean = arch.lean_scorer(reranker.model, reranker.device, opt, batch, sort_batch_size)
-    if opt.backend is not None:
-        from rerank_sweeps.backends import load_runner
-
-        runner = load_runner(
-            reranker.model, arch.name, reranker.model_dir.parent, opt.backend, cache=cache
-        )
-        # Tokenising, batching, sorting and the score conventions stay the lean scorer's.
-        lean.forward = arch.runner_forward(runner)
-        lean.runner = runner
-    reranker.lean = lean
-    # An instance attribute shadows the class method: score_pairs -> _score_pairs -> lean.
-    reranker._score_pairs = lean
-    return reranker
 
 
 def model_dtype_summary(module: Any) -> dict[str, int]:

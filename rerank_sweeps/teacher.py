@@ -15,7 +15,8 @@ A teacher is written in one of three forms:
   negatives, seed and the dev signal are the student's. It trains through the same cached
   model stage, so a job that trains that model on its own shares the artifact.
 
-Its scores are stored by `distill.teacher_scores_stage`.
+Its scores are stored by `distill.teacher_scores_stage`. The config-time checks of a teacher
+(`validation.check_teacher`) use `parse_teacher` and `teacher_run_config` below.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -34,10 +37,8 @@ from rerank_sweeps.config import (
     ConfigError,
     RunConfig,
     UserError,
+    to_run_config,
 )
-
-if TYPE_CHECKING:
-    pass
 
 MINER = "miner"
 CONF = Path(__file__).resolve().parent / "conf"
@@ -117,7 +118,7 @@ def _path_spec(value: str) -> TeacherSpec:
             "or a local cross-encoder / ColBERT model directory"
         )
     if (path / "reranker.json").is_file():
-        from rerank_sweeps.rerankers import read_reranker_meta
+        from rerank_sweeps.archs import read_reranker_meta
 
         try:
             kind = read_reranker_meta(path)["arch"]
@@ -172,11 +173,23 @@ def parse_teacher(value: Any) -> TeacherSpec | None:
     return _path_spec(value)
 
 
+@contextmanager
+def teacher_errors() -> Iterator[None]:
+    """Re-raise a ConfigError of a teacher's RunConfig as one naming `arch.teacher`: the
+    teacher's own arch keys are the mapping's keys, named as the user wrote them."""
+    try:
+        yield
+    except ConfigError as err:
+        message = str(err)
+        if message.startswith("arch."):
+            raise ConfigError("arch.teacher." + message[len("arch.") :]) from None
+        raise ConfigError(f"arch.teacher: {message}") from None
+
+
 def teacher_run_config(conf: RunConfig, spec: TeacherSpec | None = None) -> RunConfig:
     """The RunConfig that trains a `trained` teacher: the student's, with the teacher's arch,
-    base, epochs and init (see the module docstring). Errors name `arch.teacher`."""
-    from rerank_sweeps.config import validate
-
+    base, epochs and init (see the module docstring), with the schemas' own checks (the
+    registry checks are `validation.check_teacher`'s). Errors name `arch.teacher`."""
     spec = spec or parse_teacher(conf.arch.teacher)
     if spec is None or spec.kind != "trained" or spec.train is None:
         raise ValueError("teacher_run_config needs a teacher trained here")
@@ -189,59 +202,5 @@ def teacher_run_config(conf: RunConfig, spec: TeacherSpec | None = None) -> RunC
     raw["epochs"] = spec.train.get("epochs", conf.epochs)
     raw["init"] = spec.train.get("init", conf.init)
     raw["objective"] = []  # never evaluated: the student's objective may name its own arch
-    try:
-        return validate(OmegaConf.create(raw))
-    except ConfigError as err:
-        message = str(err)
-        # The teacher's own arch keys are the mapping's keys: name them as the user wrote them.
-        if message.startswith("arch."):
-            raise ConfigError("arch.teacher." + message[len("arch.") :]) from None
-        raise ConfigError(f"arch.teacher: {message}") from None
-
-
-def _training_identity(conf: RunConfig) -> dict[str, Any]:
-    """What makes a trained model this one, whichever loss or teacher it learnt from."""
-    arch = asdict(conf.arch)
-    for name in ("loss", "teacher", "teacher_scale", "checkpoint_minutes"):
-        arch.pop(name, None)
-    return {"arch": arch, "base": asdict(conf.base), "init": conf.init, "epochs": conf.epochs}
-
-
-def check_teacher(conf: RunConfig) -> None:
-    """Config-time checks of `arch.teacher` (RunConfig calls this): a one-line ConfigError
-    for a teacher loss without a teacher, a malformed teacher, an untrained teacher, or a
-    teacher that is the model being trained (a cycle)."""
-    from rerank_sweeps.archs import get_arch
-
-    loss = get_arch(conf.arch.name).loss_name(conf)
-    if loss_uses_teacher(loss) and conf.arch.teacher is None:
-        raise ConfigError(
-            f"arch.loss={loss!r} is not allowed without a teacher: set arch.teacher "
-            f"({MINER}, a model directory, or a teacher to train such as colbert or "
-            "{arch: colbert, base: minilm, epochs: 1})"
-        )
-    spec = parse_teacher(conf.arch.teacher)
-    if spec is None or not loss_uses_teacher(loss):
-        return
-    shown = json.dumps(spec.describe(), default=str)
-    if spec.kind == "path":
-        start = Path(conf.base.model_id).expanduser()
-        if conf.init == "scratch" and start.is_dir() and start.resolve() == Path(str(spec.path)):
-            raise ConfigError(
-                f"arch.teacher={shown} is not allowed: it is the model being trained (its "
-                "starting weights); a teacher must be another, trained model"
-            )
-        return
-    if spec.kind != "trained":
-        return
-    teacher = teacher_run_config(conf, spec)
-    if teacher.epochs == 0:
-        raise ConfigError(
-            f"arch.teacher={shown} is not allowed: it would be untrained (epochs=0); "
-            "give it epochs >= 1"
-        )
-    if _training_identity(teacher) == _training_identity(conf):
-        raise ConfigError(
-            f"arch.teacher={shown} is not allowed: it is the model being trained here (a "
-            "cycle); give the teacher another arch, base, epochs or setting"
-        )
+    with teacher_errors():
+        return to_run_config(OmegaConf.create(raw))

@@ -29,9 +29,10 @@ from rerank_sweeps.config import RunConfig
 from rerank_sweeps.console import use_quiet_progress
 from rerank_sweeps.data import NTuple, describe_source, load_negatives
 from rerank_sweeps.devsignal import DevArtifacts, DevData, candidate_evaluator, finish_training
-from rerank_sweeps.distill import TeacherScores, load_teacher_scores, teacher_scores_stage
+from rerank_sweeps.distill import teacher_scores_stage
+from rerank_sweeps.distill_data import TeacherScores, load_teacher_scores
 from rerank_sweeps.models import hub_reachable, hub_unavailable, resolve_model
-from rerank_sweeps.teacher import loss_uses_teacher, parse_teacher, uses_teacher
+from rerank_sweeps.teacher import loss_uses_teacher, parse_teacher, teacher_run_config, uses_teacher
 from rerank_sweeps.training import (
     AT_K,
     DEV_NAME,
@@ -104,7 +105,13 @@ def model_stage(
     # teacher trained in this job gets `split_art` passed on to its own model stage.
     teacher_art = None
     if uses_teacher(conf):
-        teacher_art = teacher_scores_stage(conf, cache, split_art, neg_art, dev)
+        # A teacher trained in this job is trained first, by this same stage.
+        spec = parse_teacher(conf.arch.teacher)
+        teacher_model = None
+        if spec is not None and spec.kind == "trained":
+            teacher_conf = teacher_run_config(conf, spec)
+            teacher_model = model_stage(teacher_conf, cache, split_art, neg_art, dev)
+        teacher_art = teacher_scores_stage(conf, cache, neg_art, teacher_model=teacher_model)
     key_config = {
         "arch": arch_key(conf),
         "base": asdict(conf.base),

@@ -43,7 +43,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Untrained tiny-BERT cross-encoder and ColBERT model artifacts, in one cache."""
     from rerank_sweeps import train
     from rerank_sweeps.cache import Cache
-    from rerank_sweeps.config import validate
+    from rerank_sweeps.validation import validate
 
     root = tmp_path_factory.mktemp("tiny_models")
     arts = {}

@@ -14,9 +14,10 @@ import pytest
 from conftest import REPO, compose_config
 
 from rerank_sweeps import archs
-from rerank_sweeps.archs import Architecture, get_arch
-from rerank_sweeps.config import ConfigError, UserError, validate
-from rerank_sweeps.rerankers import ModelReranker, load_reranker
+from rerank_sweeps.archs import Architecture, get_arch, load_reranker
+from rerank_sweeps.config import ConfigError, UserError
+from rerank_sweeps.rerankers import ModelReranker
+from rerank_sweeps.validation import validate
 
 NAME_COMPARISON = re.compile(r"(==|!=| in ) *\(?['\"](ce|colbert)['\"]")
 
@@ -139,11 +140,10 @@ def test_a_toy_architecture_runs_through_the_pipeline(toy_conf_dir, tmp_path):
     assert "reranked" in (tmp_path / "run" / "table.md").read_text()
 
 
-def test_module_level_imports_form_no_circle():
-    """Imports at the top of the package's modules go one way (imports inside functions are
-    how the configuration reaches the registries above it; see the README's code map)."""
+def _import_graph(inside_functions: bool) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports: at its top only, or also inside functions
+    and methods (`if TYPE_CHECKING:` blocks never run, so they never count)."""
     import ast
-    import graphlib
 
     root = REPO / "rerank_sweeps"
     modules = {}
@@ -156,10 +156,23 @@ def test_module_level_imports_form_no_circle():
             dotted = dotted.rpartition(".")[0]
         return dotted or None
 
+    def statements(tree: ast.Module) -> list[ast.AST]:
+        if not inside_functions:
+            return list(tree.body)
+        found, todo = [], list(tree.body)
+        while todo:
+            node = todo.pop()
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                todo.extend(node.orelse)
+                continue
+            found.append(node)
+            todo.extend(ast.iter_child_nodes(node))
+        return found
+
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found = set()
-        for node in ast.parse(path.read_text()).body:
+        for node in statements(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rerank_sweeps"):
                 targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
@@ -172,4 +185,20 @@ def test_module_level_imports_form_no_circle():
                 if other and other != name and not name.startswith(other + "."):
                     found.add(other)
         graph[name] = found
-    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError on a circle
+    return graph
+
+
+def test_module_level_imports_form_no_circle():
+    """Imports at the top of the package's modules go one way (see the README's code map)."""
+    import graphlib
+
+    graphlib.TopologicalSorter(_import_graph(inside_functions=False)).prepare()
+
+
+def test_imports_inside_functions_form_no_circle_either():
+    """An import inside a function is a dependency all the same: counting those too, the
+    layers still go one way (the configuration reaches no registry above it, a low module
+    never calls into one that imports it). Raises CycleError naming the circle."""
+    import graphlib
+
+    graphlib.TopologicalSorter(_import_graph(inside_functions=True)).prepare()

@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import compose_config
 
-from rerank_sweeps import backends, latency_device, speedups
+from rerank_sweeps import backends, latency_device, optimize, speedups
+from rerank_sweeps.archs import load_reranker
 from rerank_sweeps.cache import MARKER, Cache, artifact_at
-from rerank_sweeps.config import ConfigError, UserError, validate
-from rerank_sweeps.rerankers import load_reranker
+from rerank_sweeps.config import ConfigError, UserError
+from rerank_sweeps.validation import validate
 
 pytestmark = pytest.mark.skipif(
     bool(backends.missing_packages("onnx") or backends.missing_packages("openvino")),
@@ -47,7 +48,7 @@ def _torch_forward_forbidden(reranker) -> None:
 @pytest.mark.parametrize("name", ["onnx", "onnx-o3", "onnx-int8", "openvino", "onnx-int8+sort"])
 def test_backend_scores_correlate_with_fp32(tiny_models, arch, name):
     expected = load_reranker(tiny_models[arch], "cpu", False, 64).score_pairs(QUERIES, TEXTS)
-    fast = speedups.apply_optimization(
+    fast = optimize.apply_optimization(
         load_reranker(tiny_models[arch], "cpu", False, 64), name, sort_batch_size=4
     )
     _torch_forward_forbidden(fast)
@@ -85,7 +86,7 @@ def test_export_is_a_cached_artifact_reused_on_the_next_call(tiny_models, tmp_pa
     model_dir = tiny_models["ce"]
 
     def runner(name: str):
-        reranker = speedups.apply_optimization(
+        reranker = optimize.apply_optimization(
             load_reranker(model_dir, "cpu", False, 8), name, cache=cache
         )
         return reranker.lean.runner
@@ -102,7 +103,7 @@ def test_export_is_a_cached_artifact_reused_on_the_next_call(tiny_models, tmp_pa
     stamp = exported.stat().st_mtime_ns
 
     # By default the export lives in the cache that holds the model artifact.
-    fast = speedups.apply_optimization(load_reranker(model_dir, "cpu", False, 8), "onnx")
+    fast = optimize.apply_optimization(load_reranker(model_dir, "cpu", False, 8), "onnx")
     assert Path(fast.lean.runner.artifact.path).parent.parent == Path(model_dir).parent.parent
     # A model directory outside any cache has no key to file its export under.
     assert artifact_at(tmp_path) is None
@@ -160,4 +161,4 @@ def test_backends_refuse_a_gpu_in_one_line(tiny_models):
     reranker = load_reranker(tiny_models["ce"], "cpu", False, 8)
     reranker.device = "cuda"  # as loaded on a GPU machine (nothing is moved: it fails first)
     with pytest.raises(ConfigError, match="cannot run on cuda: the onnx backend runs on the CPU"):
-        speedups.apply_optimization(reranker, "onnx")
+        optimize.apply_optimization(reranker, "onnx")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rerank_sweeps.config import ConfigError, mask_secrets, validate
+from rerank_sweeps.config import ConfigError, mask_secrets
+from rerank_sweeps.validation import validate
 from tests.conftest import REPO, compose_config
 
 CONF = REPO / "rerank_sweeps" / "conf"

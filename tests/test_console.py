@@ -13,7 +13,8 @@ import pytest
 from conftest import compose_config
 
 from rerank_sweeps import console
-from rerank_sweeps.config import validate
+from rerank_sweeps.archs import get_arch
+from rerank_sweeps.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -148,7 +149,7 @@ def _record() -> dict:
 def test_closing_summary_reads_the_headline_comparison_right() -> None:
 
     conf = validate(compose_config(["query_type=all", "query_type.types=[vector,hybrid]"]))
-    text = console.closing_summary(_record(), conf)
+    text = console.closing_summary(_record(), conf, get_arch(conf.arch.name).loader)
     lines = text.splitlines()
     assert lines[0] == "── done in 6m01s · /o/runs/1"
     assert "objective  hybrid/reranked/hit@5 = 0.3750" in lines

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from rerank_sweeps import data
-from rerank_sweeps.config import ConfigError, DataConfig, UserError, validate
+from rerank_sweeps.config import ConfigError, DataConfig, UserError
 from rerank_sweeps.data import SourceRows, normalize
+from rerank_sweeps.validation import validate
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation

@@ -13,9 +13,10 @@ from conftest import compose_config
 
 from rerank_sweeps import data
 from rerank_sweeps.cache import Cache
-from rerank_sweeps.config import MiningConfig, UserError, validate
+from rerank_sweeps.config import MiningConfig, UserError
 from rerank_sweeps.data import QAPair, normalize
 from rerank_sweeps.data import mining as model_miner
+from rerank_sweeps.validation import validate
 
 # ---------------------------------------------------------------------------------------------
 # Hard-negative mining

@@ -16,8 +16,9 @@ from conftest import REPO, compose_config
 
 from rerank_sweeps import data
 from rerank_sweeps.cache import Cache
-from rerank_sweeps.config import ConfigError, UserError, validate
+from rerank_sweeps.config import ConfigError, UserError
 from rerank_sweeps.data import normalize
+from rerank_sweeps.validation import validate
 
 # ---------------------------------------------------------------------------------------------
 # WordNet

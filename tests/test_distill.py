@@ -19,10 +19,12 @@ from conftest import compose_config, write_negatives
 from rerank_sweeps import train
 from rerank_sweeps.archs.ce import ce_dataset_and_loss
 from rerank_sweeps.cache import Cache
-from rerank_sweeps.config import ConfigError, RunConfig, validate
+from rerank_sweeps.config import ConfigError, RunConfig
 from rerank_sweeps.data import NTuple
-from rerank_sweeps.distill import TeacherScores, load_teacher_scores, teacher_scores_stage
+from rerank_sweeps.distill import teacher_scores_stage
+from rerank_sweeps.distill_data import TeacherScores, load_teacher_scores
 from rerank_sweeps.teacher import parse_teacher, teacher_run_config
+from rerank_sweeps.validation import validate
 
 NOUNS = (
     "apple banana cherry grape lemon mango orange peach pear plum berry melon cat dog horse "
@@ -213,10 +215,10 @@ def test_teacher_scores_of_a_directory_are_its_scores_cached_once(tmp_path, ce_t
     neg = write_negatives(tmp_path / "neg", rows, [])
     conf = toy_conf(tmp_path, "ce", "arch.loss=margin_mse", f"arch.teacher={ce_teacher_dir}")
     assert parse_teacher(conf.arch.teacher).model_kind == "ce"
-    first = teacher_scores_stage(conf, Cache(conf.paths.cache), neg, neg)
+    first = teacher_scores_stage(conf, Cache(conf.paths.cache), neg)
     assert not first.hit
     again = Cache(conf.paths.cache)
-    second = teacher_scores_stage(conf, again, neg, neg)
+    second = teacher_scores_stage(conf, again, neg)
     assert second.hit and second.key == first.key and again.hits == {"teacher_scores"}
     scores = load_teacher_scores(second, rows).scores
     reranker = CrossEncoderReranker(ce_teacher_dir, device="cpu", bf16=False)
@@ -227,9 +229,9 @@ def test_teacher_scores_of_a_directory_are_its_scores_cached_once(tmp_path, ce_t
     assert stats["rows"] == len(rows) and stats["teacher"]["kind"] == "ce"
     # Other mined tuples, or another teacher, are other scores.
     other_neg = write_negatives(tmp_path / "neg2", toy_tuples(seed=1), [])
-    assert teacher_scores_stage(conf, Cache(conf.paths.cache), neg, other_neg).key != first.key
+    assert teacher_scores_stage(conf, Cache(conf.paths.cache), other_neg).key != first.key
     miner = miner_teacher_conf(tmp_path)
-    miner_art = teacher_scores_stage(miner, Cache(conf.paths.cache), neg, neg)
+    miner_art = teacher_scores_stage(miner, Cache(conf.paths.cache), neg)
     assert miner_art.key != first.key
 
 
@@ -241,7 +243,7 @@ def test_miner_teacher_scores_are_the_miners_cosine_similarities(tmp_path):
     rows = toy_tuples(num=6)
     neg = write_negatives(tmp_path / "neg", rows, [])
     conf = miner_teacher_conf(tmp_path)
-    art = teacher_scores_stage(conf, Cache(conf.paths.cache), neg, neg)
+    art = teacher_scores_stage(conf, Cache(conf.paths.cache), neg)
     scores = load_teacher_scores(art, rows).scores
     miner = SentenceTransformer(resolve_model("tiny-random/modernbert"), device="cpu")
     miner.max_seq_length = conf.mining.max_seq_length
@@ -297,7 +299,7 @@ def test_a_two_stage_config_trains_its_teacher_once_and_shares_it(tmp_path):
     for path in (alone.path, alone.path / "model"):
         by_path = toy_conf(tmp_path, "ce", "arch.loss=margin_mse", f"arch.teacher={path}")
         assert parse_teacher(by_path.arch.teacher).path == str(alone.path)
-        art = teacher_scores_stage(by_path, Cache(conf.paths.cache), neg, neg)
+        art = teacher_scores_stage(by_path, Cache(conf.paths.cache), neg)
         np.testing.assert_allclose(
             load_teacher_scores(art, rows).scores, trained_scores, rtol=1e-5, atol=1e-5
         )

@@ -17,7 +17,8 @@ from rerank_sweeps import evaluate as ev
 from rerank_sweeps.archs import Architecture
 from rerank_sweeps.archs.colbert import ColBERTReranker
 from rerank_sweeps.cache import Artifact, Cache
-from rerank_sweeps.config import ConfigError, validate
+from rerank_sweeps.config import ConfigError
+from rerank_sweeps.validation import validate
 
 # -- a hand-made fixture: 6 documents, 2 queries, legs written by hand ----------------------
 
@@ -511,7 +512,7 @@ def test_cached_reranking_matches_live_lancedb_queries(live):
     from rerank_sweeps import index
 
     table = index.open_table(live["index"])
-    ours = rerankers.load_reranker(live["model"].path, device="cpu", bf16="false")
+    ours = archs.load_reranker(live["model"].path, device="cpu", bf16="false")
     embedder = index.load_embedder(live["conf"].index.embedder, "cpu")
     run_dir = live["run_dir"]
     questions = [q for _, q, _ in LIVE_QUERIES]
@@ -584,8 +585,8 @@ def test_live_run_files_reproduce_results_and_ceiling_bounds(live):
 
 def test_threaded_tokenisation_gives_the_same_scores(live):
     """The GPU path tokenises ahead in worker threads; scores must not depend on it."""
-    inline = rerankers.load_reranker(live["model"].path, device="cpu", bf16="false", batch_size=4)
-    threaded = rerankers.load_reranker(live["model"].path, device="cpu", bf16="false", batch_size=4)
+    inline = archs.load_reranker(live["model"].path, device="cpu", bf16="false", batch_size=4)
+    threaded = archs.load_reranker(live["model"].path, device="cpu", bf16="false", batch_size=4)
     threaded.tokenize_workers = 2
     queries = [q for _, q, _ in LIVE_QUERIES for _ in range(3)]
     texts = LIVE_TEXTS[: len(queries)]
@@ -617,7 +618,7 @@ def test_colbert_reranker_scores_match_pylate_maxsim(tmp_path):
     (tmp_path / "reranker.json").write_text(
         json.dumps({**meta, "max_length": 48, "query_length": 16})
     )
-    ours = rerankers.load_reranker(tmp_path, device="cpu", bf16="false", batch_size=4)
+    ours = archs.load_reranker(tmp_path, device="cpu", bf16="false", batch_size=4)
     assert isinstance(ours, ColBERTReranker)
     query, docs = "what is a cat kept at home", LIVE_TEXTS[:5]
     got = ours.score(query, docs)

@@ -20,7 +20,7 @@ from test_evaluate import (
     make_split,
 )
 
-from rerank_sweeps import archs, devsignal, fusion, rerankers
+from rerank_sweeps import archs, devsignal, fusion
 from rerank_sweeps import evaluate as ev
 from rerank_sweeps.cache import Cache
 from rerank_sweeps.data import Doc, EvalQuery, QAPair, Split
@@ -41,7 +41,7 @@ def _dev_data(tmp_path: Path, depth: int = 4) -> devsignal.DevData:
 
 def _primed(tmp_path: Path, data: devsignal.DevData, scores: dict[str, float]):
     model = make_lookup_model(tmp_path / "model", scores)
-    reranker = rerankers.load_reranker(model.path, "cpu", False)
+    reranker = archs.load_reranker(model.path, "cpu", False)
     values = [
         np.array([scores[data.texts[d]] for n, d in ev.unique_pairs([it], data.texts)])
         for it in data.items

@@ -13,7 +13,8 @@ from test_evaluate import LIVE_QUERIES, LIVE_TEXTS, make_split
 from rerank_sweeps import evaluate as ev
 from rerank_sweeps import index
 from rerank_sweeps.cache import Cache, stage_key
-from rerank_sweeps.config import UserError, validate
+from rerank_sweeps.config import UserError
+from rerank_sweeps.validation import validate
 
 
 def _conf(root, *overrides):

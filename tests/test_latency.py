@@ -14,10 +14,11 @@ import pytest
 import torch
 from conftest import compose_config
 
-from rerank_sweeps import latency, latency_device, machine, speedups, timing
+from rerank_sweeps import latency, latency_device, machine, optimize, speedups, timing
+from rerank_sweeps.archs import load_reranker
 from rerank_sweeps.cache import Cache
-from rerank_sweeps.config import ConfigError, validate
-from rerank_sweeps.rerankers import load_reranker
+from rerank_sweeps.config import ConfigError
+from rerank_sweeps.validation import validate
 
 # -- the harness ---------------------------------------------------------------------------
 
@@ -138,7 +139,7 @@ def test_graphs_token_needs_cuda_and_the_cross_encoder(tiny_models):
     assert "CUDA" in speedups.unsupported_reason(opt, "cpu")
     assert speedups.unsupported_reason(speedups.parse_optimization("graphs+compile"), "cuda")
     with pytest.raises(ConfigError, match="cannot run on cpu"):
-        speedups.apply_optimization(load_reranker(tiny_models["ce"], "cpu", False, 8), "graphs")
+        optimize.apply_optimization(load_reranker(tiny_models["ce"], "cpu", False, 8), "graphs")
 
 
 def test_padded_widths_score_alike_and_warm_every_shape(tiny_models):
@@ -146,7 +147,7 @@ def test_padded_widths_score_alike_and_warm_every_shape(tiny_models):
     `warm_shapes` runs each (rows, width) a call of those counts can produce."""
     reference = load_reranker(tiny_models["ce"], "cpu", False, 64)
     expected = reference.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS)
-    fast = speedups.apply_optimization(
+    fast = optimize.apply_optimization(
         load_reranker(tiny_models["ce"], "cpu", False, 64), "sort", sort_batch_size=5
     )
     fast.lean.multiple = 32
@@ -167,7 +168,7 @@ def test_padded_widths_score_alike_and_warm_every_shape(tiny_models):
 def test_cuda_graphs_score_like_eager(tiny_models, name):
     reference = load_reranker(tiny_models["ce"], "cuda", False, 64)
     expected = reference.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS)
-    fast = speedups.apply_optimization(load_reranker(tiny_models["ce"], "cuda", False, 64), name)
+    fast = optimize.apply_optimization(load_reranker(tiny_models["ce"], "cuda", False, 64), name)
     assert fast.lean.warm_shapes([len(expected)]) >= 1
     captured = len(fast.lean.graphs)
     got = fast.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS)
@@ -231,7 +232,7 @@ def test_lean_paths_score_like_the_reranker(tiny_models, arch):
     reference = load_reranker(tiny_models[arch], "cpu", False, 64)
     expected = reference.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS)
     for name in ("lean", "sort"):
-        fast = speedups.apply_optimization(
+        fast = optimize.apply_optimization(
             load_reranker(tiny_models[arch], "cpu", False, 64), name, sort_batch_size=3
         )
         got = fast.score_pairs(MANY_Q + QUERIES, MANY_T + TEXTS)
@@ -242,16 +243,16 @@ def test_lean_paths_score_like_the_reranker(tiny_models, arch):
 
 @pytest.mark.parametrize("arch", ["ce", "colbert"])
 def test_optimisation_switch_changes_the_model_used(tiny_models, arch):
-    fp32 = speedups.apply_optimization(load_reranker(tiny_models[arch], "cpu", False, 8), "fp32")
+    fp32 = optimize.apply_optimization(load_reranker(tiny_models[arch], "cpu", False, 8), "fp32")
     assert "_score_pairs" not in vars(fp32)  # the class's own scoring, untouched
     assert speedups.model_dtype_summary(fp32.model).keys() == {"float32"}
 
-    bf16 = speedups.apply_optimization(load_reranker(tiny_models[arch], "cpu", False, 8), "bf16")
+    bf16 = optimize.apply_optimization(load_reranker(tiny_models[arch], "cpu", False, 8), "bf16")
     assert vars(bf16)["_score_pairs"] is bf16.lean
     assert speedups.model_dtype_summary(bf16.model).keys() == {"bfloat16"}
     assert not bf16.bf16  # weights are bf16: no autocast on top
 
-    int8 = speedups.apply_optimization(load_reranker(tiny_models[arch], "cpu", False, 8), "int8")
+    int8 = optimize.apply_optimization(load_reranker(tiny_models[arch], "cpu", False, 8), "int8")
     quantised = [
         m for m in int8.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)
     ]
@@ -266,7 +267,7 @@ def test_optimisation_switch_changes_the_model_used(tiny_models, arch):
         heads = {n for n in float_linear if ".pooler." not in n}  # BERT's pooler is unused here
         assert heads and all(not n.startswith("0.") for n in heads)
 
-    auto = speedups.apply_optimization(
+    auto = optimize.apply_optimization(
         load_reranker(tiny_models[arch], "cpu", False, 8), "autocast"
     )
     assert auto.bf16 and "_score_pairs" not in vars(auto)
@@ -276,7 +277,7 @@ def test_optimisation_switch_changes_the_model_used(tiny_models, arch):
     assert np.corrcoef(scores["fp32"], scores["bf16"])[0, 1] > 0.9
 
     with pytest.raises(ConfigError, match="fp16 is a GPU optimisation"):
-        speedups.apply_optimization(load_reranker(tiny_models[arch], "cpu", False, 8), "fp16")
+        optimize.apply_optimization(load_reranker(tiny_models[arch], "cpu", False, 8), "fp16")
 
 
 # -- comparison to the reference -----------------------------------------------------------

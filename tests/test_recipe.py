@@ -10,8 +10,9 @@ import pytest
 from conftest import compose_config
 
 from rerank_sweeps import recipe
-from rerank_sweeps.config import ConfigError, validate
+from rerank_sweeps.config import ConfigError
 from rerank_sweeps.pipeline import _objective_value
+from rerank_sweeps.validation import validate
 
 
 def test_dev_objective_is_validated_before_any_job() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from rerank_sweeps import tracking, wandb_mirror
-from rerank_sweeps.config import validate
 from rerank_sweeps.tracking import JobInfo, RunRecord, load_records
+from rerank_sweeps.validation import validate
 from rerank_sweeps.wandb_mirror import WandbTracker, read_wandb_records, wandb_mode
 from tests.conftest import REPO, compose_config, write_negatives
 

@@ -25,8 +25,9 @@ from conftest import REPO, compose_config, write_negatives
 
 from rerank_sweeps import train, training
 from rerank_sweeps.cache import Artifact, Cache
-from rerank_sweeps.config import RunConfig, UserError, validate
+from rerank_sweeps.config import RunConfig, UserError
 from rerank_sweeps.data import NTuple
+from rerank_sweeps.validation import validate
 
 NOUNS = (
     "apple banana cherry grape lemon mango orange peach pear plum berry melon cat dog horse "

@@ -4,7 +4,7 @@ An architecture is one module under `rerank_sweeps/archs/` with a subclass of `A
 (its declarations and its training, scoring and export hooks) and a subclass of
 `rerankers.ModelReranker` (its LanceDB reranker), registered in `rerank_sweeps/archs/__init__.py`
 and chosen by `conf/arch/<name>.yaml`'s `name`. Training (`train.py`), the LanceDB reranker
-(`rerankers.load_reranker`), the dev signal, distillation, the speed-ups, the inference backends
+(`archs.load_reranker`), the dev signal, distillation, the speed-ups, the inference backends
 and latency call these hooks and never compare the architecture's name.
 """
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from rerank_sweeps.config import RunConfig
     from rerank_sweeps.data import NTuple
-    from rerank_sweeps.distill import TeacherScores
+    from rerank_sweeps.distill_data import TeacherScores
     from rerank_sweeps.rerankers import ModelReranker
     from rerank_sweeps.speedups import Optimization
 

@@ -23,7 +23,7 @@ import numpy as np
 from rerank_sweeps.archs.base import Architecture, features_module
 from rerank_sweeps.config import UserError
 from rerank_sweeps.data import NTuple
-from rerank_sweeps.distill import margin_mse_rows, mse_pairs
+from rerank_sweeps.distill_data import margin_mse_rows, mse_pairs
 from rerank_sweeps.rerankers import ModelReranker, length_sorted
 from rerank_sweeps.speedups import (
     COMPILE_PAD_MULTIPLE,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from rerank_sweeps.config import RunConfig
-    from rerank_sweeps.distill import TeacherScores
+    from rerank_sweeps.distill_data import TeacherScores
 
 
 class CrossEncoderArch(Architecture):

@@ -17,7 +17,7 @@ import numpy as np
 from rerank_sweeps.archs.base import Architecture, features_module
 from rerank_sweeps.config import UserError
 from rerank_sweeps.data import NTuple
-from rerank_sweeps.distill import distillation_rows
+from rerank_sweeps.distill_data import distillation_rows
 from rerank_sweeps.rerankers import ModelReranker
 from rerank_sweeps.speedups import (
     COMPILE_PAD_MULTIPLE,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from rerank_sweeps.config import RunConfig
-    from rerank_sweeps.distill import TeacherScores
+    from rerank_sweeps.distill_data import TeacherScores
 
 
 class ColBERTArch(Architecture):

@@ -30,7 +30,7 @@ def _bm25_rankings(
     FTS the evaluation uses), written in `work_dir` (or a temporary folder)."""
     import tempfile
 
-    from rerank_sweeps.evaluate import fts_search
+    from rerank_sweeps.candidates import fts_search
     from rerank_sweeps.index import write_table
 
     with tempfile.TemporaryDirectory(dir=work_dir) as folder:
