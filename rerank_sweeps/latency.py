@@ -33,6 +33,7 @@ max lengths and library versions; run_dir/latency.md is the table.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -42,7 +43,7 @@ from typing import Any
 
 from rerank_sweeps.cache import Artifact
 from rerank_sweeps.config import RunConfig
-from rerank_sweeps.latency_device import NONE, run_device
+from rerank_sweeps.latency_device import NONE, EvalScoresRef, LatencyJob, run_device
 from rerank_sweeps.machine import available_devices, library_versions
 
 log = logging.getLogger(__name__)
@@ -154,13 +155,13 @@ def build_job(
     cand_art: Artifact,
     model_art: Artifact,
     scores_art: Artifact | None = None,
-) -> dict[str, Any]:
-    """The JSON job a measuring process runs (device added per process).
+) -> LatencyJob:
+    """The job a measuring process runs (`for_device` sets the device per process).
 
     `scores_art` is the evaluation's scores artifact for this model, reused for the accuracy
     of the optimisation whose numerics it matches (`reusable_eval_scores`).
     """
-    from rerank_sweeps.archs import read_reranker_meta
+    from rerank_sweeps.archs import ARCHITECTURES, read_reranker_meta
     from rerank_sweeps.evaluate import depth_for
     from rerank_sweeps.speedups import parse_optimization
 
@@ -171,42 +172,45 @@ def build_job(
     meta = read_reranker_meta(model_art.path)
     depth = json.loads((cand_art.path / "stats.json").read_text())["depth"]
     ks = accuracy_ks(conf, depth)
-    return {
+    arch = ARCHITECTURES.get(meta["arch"])
+    return LatencyJob(
         # Absolute: the measuring process must not depend on the working directory.
-        "split": str(Path(split_art.path).resolve()),
-        "index": str(Path(index_art.path).resolve()),
-        "candidates_artifact": str(Path(cand_art.path).resolve()),
-        "model": str(Path(model_art.path).resolve()),
-        "arch": meta["arch"],
-        "embedder": conf.index.embedder,
-        "ann_nprobes": getattr(conf.index, "ann_nprobes", None),
-        "ann_refine_factor": getattr(conf.index, "ann_refine_factor", None),
-        "candidates": list(dict.fromkeys(lat.candidates)),
-        "warmup": lat.warmup,
-        "iterations": lat.iterations,
-        "queries": lat.queries,
-        "optimizations": list(dict.fromkeys(opts)),
-        "threads": lat.threads,
-        "batch_size": lat.batch_size,
-        "sort_batch_size": lat.sort_batch_size,
-        "accuracy_queries": lat.accuracy_queries,
-        "accuracy_ks": ks,
-        "query_types": list(conf.query_type.types),
+        split=str(Path(split_art.path).resolve()),
+        index=str(Path(index_art.path).resolve()),
+        candidates_artifact=str(Path(cand_art.path).resolve()),
+        model=str(Path(model_art.path).resolve()),
+        arch=meta["arch"],
+        arch_class=f"{type(arch).__module__}:{type(arch).__qualname__}" if arch else None,
+        arch_file=inspect.getsourcefile(type(arch)) if arch else None,
+        embedder=conf.index.embedder,
+        ann_nprobes=getattr(conf.index, "ann_nprobes", None),
+        ann_refine_factor=getattr(conf.index, "ann_refine_factor", None),
+        candidates=tuple(dict.fromkeys(lat.candidates)),
+        warmup=lat.warmup,
+        iterations=lat.iterations,
+        queries=lat.queries,
+        optimizations=tuple(dict.fromkeys(opts)),
+        threads=lat.threads,
+        batch_size=lat.batch_size,
+        sort_batch_size=lat.sort_batch_size,
+        accuracy_queries=lat.accuracy_queries,
+        accuracy_ks=tuple(ks),
+        query_types=tuple(conf.query_type.types),
         # Candidates per leg for each k, as the evaluation reranks them (eval.depth rule).
-        "depth_per_leg": {str(k): depth_for(conf, k) for k in ks},
-        "eval_scores": _eval_scores_info(scores_art),
-    }
+        depth_per_leg={k: depth_for(conf, k) for k in ks},
+        eval_scores=_eval_scores_ref(scores_art),
+    )
 
 
-def _eval_scores_info(scores_art: Artifact | None) -> dict[str, Any] | None:
+def _eval_scores_ref(scores_art: Artifact | None) -> EvalScoresRef | None:
     if scores_art is None:
         return None
     stats = json.loads((Path(scores_art.path) / "stats.json").read_text())
-    return {
-        "path": str(Path(scores_art.path).resolve()),
-        "device": str(stats["device"]).split(":")[0],
-        "bf16": bool(stats["bf16"]),
-    }
+    return EvalScoresRef(
+        path=str(Path(scores_art.path).resolve()),
+        device=str(stats["device"]).split(":")[0],
+        bf16=bool(stats["bf16"]),
+    )
 
 
 def latency_stage(
@@ -229,12 +233,12 @@ def latency_stage(
     started = time.perf_counter()
     job = build_job(conf, split_art, index_art, cand_art, model_art, scores_art)
     devices, skipped = available_devices(conf.latency.devices)
-    reference = system_name(job["arch"], "fp32")
-    flag_keys = [f"{qt}-hit@{conf.latency.flag_k}" for qt in job["query_types"]]
+    reference = system_name(job.arch, "fp32")
+    flag_keys = [f"{qt}-hit@{conf.latency.flag_k}" for qt in job.query_types]
     results: dict[str, dict[str, Any]] = {}
     for device in devices:
         log.info("latency: measuring on %s in a fresh process", device)
-        result = run_device({**job, "device": device})
+        result = run_device(job.for_device(device))
         compare_to_reference(result, reference, flag_keys, conf.latency.max_hit_drop)
         results[device] = result
     report = {
@@ -243,18 +247,18 @@ def latency_stage(
             "search with limit N, selecting id and text",
             "rerank": "reranker.rerank_vector(query, the N rows): LanceDB's Reranker interface",
             "timer": "time.perf_counter; torch.cuda.synchronize before and after each part on GPU",
-            "candidates": job["candidates"],
-            "warmup": job["warmup"],
-            "iterations": job["iterations"],
-            "queries": job["queries"],
+            "candidates": list(job.candidates),
+            "warmup": job.warmup,
+            "iterations": job.iterations,
+            "queries": job.queries,
             "percentiles": "numpy linear interpolation over the timed iterations",
             "accuracy": "hit@k re-scored on the eval candidates (candidates artifact), "
-            f"{'all' if job['accuracy_queries'] is None else job['accuracy_queries']} queries",
+            f"{'all' if job.accuracy_queries is None else job.accuracy_queries} queries",
             "flag": f"hit@{conf.latency.flag_k} drop > {conf.latency.max_hit_drop} vs fp32",
             "isolation": "one fresh Python process per device",
         },
         "config": asdict(conf.latency),
-        "model": {"artifact": model_art.key, "arch": job["arch"], "path": job["model"]},
+        "model": {"artifact": model_art.key, "arch": job.arch, "path": job.model},
         "candidates_artifact": cand_art.key,
         "index_artifact": index_art.key,
         "versions": library_versions(),

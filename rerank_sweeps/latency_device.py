@@ -3,18 +3,22 @@
 `run_device(job)` starts `python -m rerank_sweeps.latency_device JOB OUT`, so no GPU memory,
 compiled kernels, thread settings or caches leak between devices; `measure_device(job)` is
 what runs there: every system (none, the reranker in fp32, each optimisation) timed with
-`timing`, and each reranker's accuracy on the eval candidates.
+`timing`, and each reranker's accuracy on the eval candidates. The job is a `LatencyJob`,
+written to the child as JSON and read back into the same type there.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
+import importlib.util
 import json
 import logging
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,92 @@ NONE = "none"
 ACCURACY_CHUNK = 32  # eval queries re-scored per batched pass
 
 
+@dataclass(frozen=True)
+class EvalScoresRef:
+    """The evaluation's scores artifact for the measured model, and the numerics it used."""
+
+    path: str
+    device: str  # device type: cpu | cuda
+    bf16: bool
+
+
+@dataclass(frozen=True)
+class LatencyJob:
+    """What one measuring process needs; every path absolute (the child's working directory
+    must not matter). Built by `latency.build_job`, one copy per device (`for_device`)."""
+
+    split: str
+    index: str
+    candidates_artifact: str
+    model: str
+    arch: str
+    embedder: str
+    candidates: tuple[int, ...]
+    warmup: int
+    iterations: int
+    queries: int
+    optimizations: tuple[str, ...]  # "fp32" first: the reference of every speed-up
+    batch_size: int
+    sort_batch_size: int
+    accuracy_queries: int | None  # None: every eval query
+    accuracy_ks: tuple[int, ...]
+    query_types: tuple[str, ...]
+    depth_per_leg: dict[int, int] = field(default_factory=dict)  # candidates per leg, per k
+    eval_scores: EvalScoresRef | None = None
+    threads: int | None = None
+    ann_nprobes: int | None = None
+    ann_refine_factor: int | None = None
+    # "module:Class" of the architecture and its module's file: one registered at run time
+    # (`archs.register`) rather than listed in archs.ARCHITECTURES is registered again in
+    # the fresh process, from the file when its module is not importable there.
+    arch_class: str | None = None
+    arch_file: str | None = None
+    device: str = "cpu"
+
+    def for_device(self, device: str) -> LatencyJob:
+        """This job on `device`."""
+        return replace(self, device=device)
+
+    def to_json(self) -> str:
+        """The job as JSON (the file the child process reads)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LatencyJob:
+        """The job `to_json` wrote; JSON's lists and string keys back to tuples and ints."""
+        raw = json.loads(text)
+        scores = raw.pop("eval_scores", None)
+        return cls(
+            **{
+                **raw,
+                "candidates": tuple(raw["candidates"]),
+                "optimizations": tuple(raw["optimizations"]),
+                "accuracy_ks": tuple(raw["accuracy_ks"]),
+                "query_types": tuple(raw["query_types"]),
+                "depth_per_leg": {int(k): int(v) for k, v in raw["depth_per_leg"].items()},
+            },
+            eval_scores=EvalScoresRef(**scores) if scores else None,
+        )
+
+
+def register_job_arch(job: LatencyJob) -> None:
+    """Register the job's architecture in this process when it was registered at run time."""
+    from rerank_sweeps.archs import ARCHITECTURES, register
+
+    if job.arch in ARCHITECTURES or not job.arch_class:
+        return
+    module_name, _, name = job.arch_class.partition(":")
+    if job.arch_file and importlib.util.find_spec(module_name.partition(".")[0]) is None:
+        # Not importable here (e.g. a test module or a script): its folder goes on the path, as
+        # it was for the process that registered it.
+        root = Path(job.arch_file).parent
+        for _ in range(module_name.count(".")):
+            root = root.parent
+        sys.path.insert(0, str(root))
+    module = importlib.import_module(module_name)
+    register(getattr(module, name)())
+
+
 def _release(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
@@ -40,7 +130,7 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def reusable_eval_scores(job: dict[str, Any], optimization: str) -> Path | None:
+def reusable_eval_scores(job: LatencyJob, optimization: str) -> Path | None:
     """The evaluation's cached scores file when they are what `optimization` would compute.
 
     Evaluation scores every eval candidate once (the `scores` stage); re-scoring them here for
@@ -48,13 +138,11 @@ def reusable_eval_scores(job: dict[str, Any], optimization: str) -> Path | None:
     made without autocast, `autocast` scores made with it; every other optimisation changes the
     numerics and is re-scored.
     """
-    cached = job.get("eval_scores")
-    if not cached or cached["device"] != job["device"].split(":")[0]:
+    cached = job.eval_scores
+    if cached is None or cached.device != job.device.split(":")[0]:
         return None
-    if (optimization == "fp32" and not cached["bf16"]) or (
-        optimization == "autocast" and cached["bf16"]
-    ):
-        return Path(cached["path"])
+    if (optimization == "fp32" and not cached.bf16) or (optimization == "autocast" and cached.bf16):
+        return Path(cached.path)
     return None
 
 
@@ -63,7 +151,7 @@ def _accuracy(
     system: str,
     items: list[Any],
     texts: dict[str, str],
-    job: dict[str, Any],
+    job: LatencyJob,
     cached_scores: Path | None = None,
 ) -> dict[str, float]:
     """hit@k of `reranker` on the eval candidates, through evaluate's own functions.
@@ -98,9 +186,9 @@ def _accuracy(
     reranker.prime(((items[n].question, texts[d]) for n, d in pairs), flat.tolist())
     out: dict[str, float] = {}
     try:
-        for qt in job["query_types"]:
-            for k in job["accuracy_ks"]:
-                depth = job["depth_per_leg"][str(k)]
+        for qt in job.query_types:
+            for k in job.accuracy_ks:
+                depth = job.depth_per_leg[k]
                 hits = [
                     ev.query_metrics(
                         ev.reranked_ranking(reranker, it, qt, depth, texts), it.relevant, k
@@ -152,8 +240,8 @@ def _system_meta(reranker: Any, optimization: str) -> dict[str, Any]:
     return meta
 
 
-def measure_device(job: dict[str, Any]) -> dict[str, Any]:
-    """Every system's latency and accuracy on `job["device"]` (run inside a fresh process)."""
+def measure_device(job: LatencyJob) -> dict[str, Any]:
+    """Every system's latency and accuracy on `job.device` (run inside a fresh process)."""
     import torch
 
     from rerank_sweeps import evaluate as ev
@@ -163,18 +251,18 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
     from rerank_sweeps.optimize import apply_optimization
     from rerank_sweeps.speedups import system_name
 
-    device = job["device"]
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
+    device = job.device
+    if job.threads:
+        torch.set_num_threads(job.threads)
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
     info = device_info(device)
-    table = open_table(Path(job["index"]))
+    table = open_table(Path(job.index))
     ann = has_ann_index(table)
-    embedder = load_embedder(job["embedder"], device)
-    items = ev.load_items(Path(job["split"]), Path(job["candidates_artifact"]))
-    latency_queries = [it.question for it in items[: job["queries"]]]
-    accuracy_items = items if job["accuracy_queries"] is None else items[: job["accuracy_queries"]]
-    ids, texts_list = read_corpus(Path(job["split"]))
+    embedder = load_embedder(job.embedder, device)
+    items = ev.load_items(Path(job.split), Path(job.candidates_artifact))
+    latency_queries = [it.question for it in items[: job.queries]]
+    accuracy_items = items if job.accuracy_queries is None else items[: job.accuracy_queries]
+    ids, texts_list = read_corpus(Path(job.split))
     texts = dict(zip(ids, texts_list, strict=True))
 
     def retrieve_for(n: int) -> Callable[[str], Any]:
@@ -189,9 +277,9 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
                 .limit(n)
             )
             if ann:
-                builder = builder.nprobes(job["ann_nprobes"])
-                if job.get("ann_refine_factor"):
-                    builder = builder.refine_factor(job["ann_refine_factor"])
+                builder = builder.nprobes(job.ann_nprobes)
+                if job.ann_refine_factor:
+                    builder = builder.refine_factor(job.ann_refine_factor)
             else:
                 builder = builder.bypass_vector_index()
             return builder.to_arrow()
@@ -200,9 +288,9 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
 
     systems: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
-    runs_per_system = len(job["candidates"]) * (job["warmup"] + job["iterations"])
+    runs_per_system = len(job.candidates) * (job.warmup + job.iterations)
     bar = progress(
-        total=runs_per_system * (1 + len(job["optimizations"])),
+        total=runs_per_system * (1 + len(job.optimizations)),
         desc=f"latency on {device}",
         unit="query",
     )
@@ -210,11 +298,11 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
     # "none" meets the same conditions as the reranked rows instead of the process's cold start.
     systems[NONE] = {"latency": {}}
     loaded: dict[str, Any] = {}
-    for optimization in job["optimizations"]:
-        name = system_name(job["arch"], optimization)
+    for optimization in job.optimizations:
+        name = system_name(job.arch, optimization)
         try:
-            reranker = load_reranker(job["model"], device, False, job["batch_size"])
-            apply_optimization(reranker, optimization, sort_batch_size=job["sort_batch_size"])
+            reranker = load_reranker(job.model, device, False, job.batch_size)
+            apply_optimization(reranker, optimization, sort_batch_size=job.sort_batch_size)
         except ConfigError as err:
             skipped[name] = str(err)
             log.info("latency: %s skipped on %s (%s)", name, device, err)
@@ -227,15 +315,15 @@ def measure_device(job: dict[str, Any]) -> dict[str, Any]:
         lean = getattr(reranker, "lean", None)
         if device.startswith("cuda") and hasattr(lean, "warm_shapes"):
             # A GPU's first call of a new shape is slow (kernel choice, graph capture).
-            entry["warm_shapes"] = lean.warm_shapes(job["candidates"])
+            entry["warm_shapes"] = lean.warm_shapes(list(job.candidates))
         entry.update(_system_meta(reranker, optimization))
         systems[name] = entry
         loaded[name] = reranker
-    for n in job["candidates"]:
+    for n in job.candidates:
         reranks: dict[str, Any] = {NONE: None}
         reranks.update({name: r.rerank_vector for name, r in loaded.items()})
         timed = time_systems(
-            latency_queries, retrieve_for(n), reranks, job["warmup"], job["iterations"], sync, bar
+            latency_queries, retrieve_for(n), reranks, job.warmup, job.iterations, sync, bar
         )
         for name, parts in timed.items():
             systems[name]["latency"][str(n)] = summarize_parts(parts)
@@ -258,8 +346,9 @@ def _child_main(argv: Sequence[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[latency child] %(message)s")
     quiet_libraries()
-    job = json.loads(job_path.read_text())
+    job = LatencyJob.from_json(job_path.read_text())
     try:
+        register_job_arch(job)
         result = measure_device(job)
     except (UserError, ConfigError) as err:
         out_path.write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}))
@@ -268,17 +357,17 @@ def _child_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def run_device(job: dict[str, Any]) -> dict[str, Any]:
-    """Measure one device in a fresh Python process and return its result."""
+def run_device(job: LatencyJob) -> dict[str, Any]:
+    """Measure `job.device` in a fresh Python process and return its result."""
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
-        job_path.write_text(json.dumps(job))
+        job_path.write_text(job.to_json())
         cmd = [sys.executable, "-m", "rerank_sweeps.latency_device", str(job_path), str(out_path)]
         proc = subprocess.run(cmd, check=False)
         result = json.loads(out_path.read_text()) if out_path.is_file() else None
     if result is None or "error" in result:
         why = result["error"] if result else f"the measuring process exited with {proc.returncode}"
-        raise UserError(f"latency measurement on {job['device']} failed: {why}")
+        raise UserError(f"latency measurement on {job.device} failed: {why}")
     return result
 
 

@@ -222,10 +222,13 @@ def maybe_compile(fn: Any, opt: Optimization) -> Any:
 
 
 def model_dtype_summary(module: Any) -> dict[str, int]:
-    """Parameter counts per dtype plus the number of dynamically quantised Linear layers."""
+    """Parameter counts per dtype plus the number of dynamically quantised Linear layers
+    ({} for a model that is no torch module, as an architecture's may be)."""
     import torch
 
     counts: dict[str, int] = {}
+    if not isinstance(module, torch.nn.Module):
+        return counts
     for p in module.parameters():
         key = str(p.dtype).replace("torch.", "")
         counts[key] = counts.get(key, 0) + p.numel()

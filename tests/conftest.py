@@ -6,9 +6,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from rerank_sweeps.latency_device import LatencyJob
 
 # Offline by construction: a test that reaches for the network fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,3 +80,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def latency_job(**changes: Any) -> LatencyJob:
+    """A latency job with made-up paths (for the functions that only read its fields)."""
+    from dataclasses import replace
+
+    from rerank_sweeps.latency_device import LatencyJob
+
+    job = LatencyJob(
+        split="/x/split",
+        index="/x/index",
+        candidates_artifact="/x/cand",
+        model="/x/model",
+        arch="ce",
+        embedder="sentence-transformers/all-MiniLM-L6-v2",
+        candidates=(20, 50),
+        warmup=1,
+        iterations=2,
+        queries=3,
+        optimizations=("fp32", "bf16"),
+        batch_size=8,
+        sort_batch_size=4,
+        accuracy_queries=None,
+        accuracy_ks=(5, 10),
+        query_types=("vector", "hybrid"),
+        depth_per_leg={5: 20, 10: 20},
+    )
+    return replace(job, **changes)

@@ -116,7 +116,9 @@ def test_a_toy_architecture_runs_through_the_pipeline(toy_conf_dir, tmp_path):
             "arch=toy",
             f"paths.root={tmp_path / 'out'}",
             "epochs=0",
-            "latency.enabled=false",  # measured in a fresh process, where the toy is unknown
+            # Measured in a fresh process, which registers the toy again from this file.
+            "latency.devices=[cpu]",
+            "latency.optimizations=[fp32]",
             "rerank.fusion=none",
         ]
     )
@@ -138,6 +140,9 @@ def test_a_toy_architecture_runs_through_the_pipeline(toy_conf_dir, tmp_path):
     assert scores_seen and all(0.0 <= s <= 1.0 for s in scores_seen)
     assert any(0.0 < s < 1.0 for s in scores_seen)
     assert "reranked" in (tmp_path / "run" / "table.md").read_text()
+    latency = json.loads((tmp_path / "run" / "latency.json").read_text())
+    toy = latency["devices"]["cpu"]["systems"]["toy"]
+    assert toy["latency"] and all(0 <= v <= 1 for v in toy["accuracy"].values())
 
 
 def _import_graph(inside_functions: bool) -> dict[str, set[str]]:

@@ -5,12 +5,13 @@ artifact once (a cached artifact reused on the next call)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, latency_job
 
 from rerank_sweeps import backends, latency_device, optimize, speedups
 from rerank_sweeps.archs import load_reranker
@@ -77,7 +78,8 @@ def test_backend_scores_correlate_with_fp32(tiny_models, arch, name):
         # (the cross-encoder's pooler and classifier are Gemm nodes, never quantised).
         assert meta["backend"]["float_matmuls"] == 2 * 2 + (arch == "colbert")
     # Its accuracy is re-scored, never borrowed from the evaluation's fp32 scores.
-    job = {"device": "cpu", "eval_scores": {"path": "/x", "device": "cpu", "bf16": False}}
+    scores = latency_device.EvalScoresRef(path="/x", device="cpu", bf16=False)
+    job = replace(latency_job(), eval_scores=scores)
     assert latency_device.reusable_eval_scores(job, name) is None
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, latency_job
 
 from rerank_sweeps import latency, latency_device, machine, optimize, speedups, timing
 from rerank_sweeps.archs import load_reranker
@@ -413,15 +414,25 @@ def systems_of(run_dir: Path) -> dict:
 def test_eval_scores_reused_only_for_the_same_numerics(
     device, eval_device, eval_bf16, optimization, reused
 ):
-    job = {
-        "device": device,
-        "eval_scores": {"path": "/x/scores/abc", "device": eval_device, "bf16": eval_bf16},
-    }
+    scores = latency_device.EvalScoresRef("/x/scores/abc", eval_device, eval_bf16)
+    job = replace(latency_job(), eval_scores=scores, device=device)
     got = latency_device.reusable_eval_scores(job, optimization)
     assert (got == Path("/x/scores/abc")) if reused else got is None
-    assert (
-        latency_device.reusable_eval_scores({"device": "cpu", "eval_scores": None}, "fp32") is None
+    assert latency_device.reusable_eval_scores(latency_job(), "fp32") is None
+
+
+def test_a_latency_job_reads_back_as_written():
+    # The child process gets the job as JSON: tuples, int keys and the nested reference
+    # must come back as the same typed job, or the child would look up depth_per_leg["5"].
+    job = latency_job(
+        eval_scores=latency_device.EvalScoresRef("/x/scores", "cpu", True),
+        device="cuda:0",
+        threads=2,
     )
+    again = latency_device.LatencyJob.from_json(job.to_json())
+    assert again == job
+    assert again.depth_per_leg[5] == 20
+    assert again.for_device("cpu").device == "cpu" and job.device == "cuda:0"
 
 
 def test_bad_optimisation_fails_before_measuring(tmp_path):

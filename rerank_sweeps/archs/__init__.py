@@ -6,7 +6,8 @@
 
 Adding an architecture: a module here with an `Architecture` subclass and its
 `rerankers.ModelReranker` subclass, one line in `ARCHITECTURES` below (or `register` from your
-own code), `conf/arch/<name>.yaml`, and its tests.
+own code: the latency stage's fresh process registers it again from its class's module),
+`conf/arch/<name>.yaml`, and its tests.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (CrossEncoderArch()
 
 
 def register(arch: Architecture) -> Architecture:
-    """Add (or replace) an architecture under its `name`; returns it."""
+    """Add (or replace) an architecture under its `name`; returns it. Its class must be
+    importable (or defined in a file) with a no-argument constructor: the latency stage's
+    child process builds it again (`latency_device.register_job_arch`)."""
     ARCHITECTURES[arch.name] = arch
     return arch
 
