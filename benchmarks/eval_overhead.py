@@ -96,7 +96,9 @@ def main() -> None:
 
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()) as table:
-            results = ev.evaluate(conf, cache, split, cand_art, {"reranked": model}, root / "run")
+            results = ev.evaluate(
+                conf, cache, split, cand_art, {"reranked": model}, root / "run"
+            ).results
         total = time.perf_counter() - started
 
     info = results["systems"]["reranked"]

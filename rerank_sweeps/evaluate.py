@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ __all__ = [
     "BASELINE",
     "CANDIDATES_VERSION",
     "CEILING",
+    "Evaluation",
     "FTS_THREADS",
     "FUSED",
     "METRICS",
@@ -128,6 +130,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` produced: results.json's content and each system's scores artifact."""
+
+    results: dict[str, Any]
+    scores: dict[str, Artifact]
+
+
 def evaluate(
     conf: RunConfig,
     cache: Cache,
@@ -135,11 +145,10 @@ def evaluate(
     cand_art: Artifact,
     systems: dict[str, Artifact],
     run_dir: Path,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Rerank the cached candidates with every system and write results, runs and tables.
 
     `systems` maps a system name (e.g. "reranked", "untrained") to a model artifact.
-    Returns the results.json content.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -167,10 +176,11 @@ def evaluate(
             rankings.by_key[(qt, CEILING, k)] = [ceiling_ranking(it, qt, d) for it in items]
 
     system_info: dict[str, Any] = {}
+    scores_arts: dict[str, Artifact] = {}
     for name, art in systems.items():
         if name in (BASELINE, CEILING):
             raise UserError(f"system name {name!r} is reserved")
-        scores_art = scores_stage(conf, cache, split_art, cand_art, art, name)
+        scores_art = scores_arts[name] = scores_stage(conf, cache, split_art, cand_art, art, name)
         # Lazy: with every pair primed, the model itself is never loaded here.
         reranker = load_reranker(art.path, conf.eval.device, conf.eval.bf16, conf.eval.batch_size)
         pairs = read_scores(scores_art, items, texts)
@@ -251,7 +261,7 @@ def evaluate(
     (run_dir / "table.md").write_text(table + "\n")
     # The full tables are wider than a terminal: the run's closing summary shows the headline.
     log.info("evaluation: %d queries, tables in %s", len(items), run_dir / "table.md")
-    return results
+    return Evaluation(results, scores_arts)
 
 
 def _add_fused(

@@ -222,16 +222,16 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
             systems = {"reranked": arts["model"]}
             if "untrained" in arts:
                 systems["untrained"] = arts["untrained"]
-            results = evaluate.evaluate(
+            evaluation = evaluate.evaluate(
                 conf, cache, arts["split"], arts["candidates"], systems, run_dir
             )
+            results = evaluation.results
         if conf.latency.enabled and "latency" in stages_present:
             from rerank_sweeps import latency as latency_mod
 
             with timer("latency"):
                 # The evaluation's scores of this model: reused for the latency system with
                 # the same numerics instead of being computed again.
-                scores_art = cache.lookup("scores", results["systems"]["reranked"]["scores"])
                 latency = latency_mod.latency_stage(
                     conf,
                     arts["split"],
@@ -239,7 +239,7 @@ def _run_stages(conf: RunConfig, cache: Cache, timer: _Timer, run_dir: Path) -> 
                     arts["candidates"],
                     arts["model"],
                     run_dir,
-                    scores_art,
+                    evaluation.scores["reranked"],
                 )
 
     metrics = results.get("metrics", {})

@@ -147,7 +147,7 @@ def hand_run(tmp_path, outputs):
         cands,
         {"reranked": model, "untrained": other},
         run_dir,
-    )
+    ).results
     return results, run_dir
 
 
@@ -228,7 +228,7 @@ def test_fixed_depth_reranks_the_same_candidates_for_every_k(tmp_path, outputs):
     model = make_lookup_model(tmp_path / "model", SCORES)
     results = ev.evaluate(
         conf, Cache(outputs / "cache"), split, cands, {"reranked": model}, tmp_path / "run"
-    )
+    ).results
     assert results["protocol"]["depth_per_leg"] == {"1": 2, "2": 2}
     assert results["protocol"]["depth_rule"] == "fixed (eval.depth)"
     counts, m = results["counts"], results["metrics"]
@@ -445,7 +445,9 @@ def live(tmp_path_factory):
     meta = {"arch": "ce", "base": MINILM_ID, "model_id": MINILM_ID, "epochs": 0, "max_length": 64}
     (model_dir / "reranker.json").write_text(json.dumps(meta))
     model_art = _art("model", model_dir)
-    results = ev.evaluate(conf, cache, split, cand_art, {"reranked": model_art}, root / "run")
+    results = ev.evaluate(
+        conf, cache, split, cand_art, {"reranked": model_art}, root / "run"
+    ).results
     return {
         "conf": conf,
         "cache": cache,

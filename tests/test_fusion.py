@@ -189,7 +189,7 @@ def test_fusion_weights_are_fit_on_dev_and_the_evaluation_uses_them_unchanged(tm
     run_dir = tmp_path / "run"
     results = ev.evaluate(
         conf, Cache(tmp_path / "out" / "cache"), split, cands, {"reranked": model}, run_dir
-    )
+    ).results
     assert results["systems"]["fused"]["weights"] == {"vector": 0.0, "fts": 0.0, "hybrid": 0.0}
     for k in (1, 2):
         assert (

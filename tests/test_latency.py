@@ -350,7 +350,9 @@ def test_latency_stage_end_to_end(tmp_path, outputs):
     idx = index.index_stage(conf, cache, split)
     cand = evaluate.candidates_stage(conf, cache, split, idx)
     model = train.untrained_stage(conf, cache)
-    results = evaluate.evaluate(conf, cache, split, cand, {"reranked": model}, tmp_path / "eval")
+    results = evaluate.evaluate(
+        conf, cache, split, cand, {"reranked": model}, tmp_path / "eval"
+    ).results
 
     run_dir = tmp_path / "run"
     scores = evaluate.scores_stage(conf, cache, split, cand, model, "reranked")
