@@ -17,17 +17,6 @@ from rerank_sweeps.data.negatives import (
     negatives_stage,
 )
 from rerank_sweeps.data.pydoc import read_pydocs
-from rerank_sweeps.data.records import (
-    Doc,
-    EvalQuery,
-    Negatives,
-    NTuple,
-    QAPair,
-    SourceRows,
-    Split,
-    answer_key,
-    normalize,
-)
 from rerank_sweeps.data.registry import (
     SOURCE_NAMES,
     SOURCES,
@@ -39,6 +28,17 @@ from rerank_sweeps.data.registry import (
     source_fingerprint,
 )
 from rerank_sweeps.data.retriever import distractor_rows, mine_from_retriever
+from rerank_sweeps.data.rows import (
+    Doc,
+    EvalQuery,
+    Negatives,
+    NTuple,
+    QAPair,
+    SourceRows,
+    Split,
+    answer_key,
+    normalize,
+)
 from rerank_sweeps.data.split import SPLIT_VERSION, load_split, make_split, split_stage
 from rerank_sweeps.data.static import STATIC_PREFIX, distill_static, static_model_dir
 from rerank_sweeps.data.wordnet import (

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from rerank_sweeps.config import DataConfig, UserError
-from rerank_sweeps.data.records import SourceRows
+from rerank_sweeps.data.rows import SourceRows
 from rerank_sweeps.models import first_line, hub_unreachable_reason
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_sweeps.config import DataConfig, UserError
-from rerank_sweeps.data.records import SourceRows
+from rerank_sweeps.data.rows import SourceRows
 from rerank_sweeps.models import first_line
 
 

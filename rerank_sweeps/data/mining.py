@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_sweeps.config import MiningConfig, UserError
-from rerank_sweeps.data.records import NTuple, QAPair, answer_key, normalize
+from rerank_sweeps.data.rows import NTuple, QAPair, answer_key, normalize
 from rerank_sweeps.data.static import STATIC_PREFIX, distill_static
 from rerank_sweeps.machine import resolve_bf16
 from rerank_sweeps.models import hub_unavailable, resolve_model

@@ -16,8 +16,8 @@ from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import MiningConfig, RunConfig, UserError
 from rerank_sweeps.data.files import read_part, write_jsonl
 from rerank_sweeps.data.mining import MinedRows, load_miner, mine_negatives
-from rerank_sweeps.data.records import Negatives, NTuple, QAPair
 from rerank_sweeps.data.retriever import distractor_rows, mine_from_retriever
+from rerank_sweeps.data.rows import Negatives, NTuple, QAPair
 from rerank_sweeps.data.split import load_split
 
 log = logging.getLogger(__name__)

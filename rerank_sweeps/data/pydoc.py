@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_sweeps.config import DataConfig, UserError
-from rerank_sweeps.data.records import SourceRows
+from rerank_sweeps.data.rows import SourceRows
 
 PYDOC_DEFAULT = Path("/usr/lib/python3.11")
 PYDOC_VERSION = 1  # enters the split key: bump when the rules below change what is read

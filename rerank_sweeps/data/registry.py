@@ -13,7 +13,7 @@ from typing import Any
 
 from rerank_sweeps.config import ConfigError, DataConfig
 from rerank_sweeps.data import hub, local, pydoc, wordnet
-from rerank_sweeps.data.records import SourceRows
+from rerank_sweeps.data.rows import SourceRows
 
 
 @dataclass(frozen=True)

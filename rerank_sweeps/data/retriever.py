@@ -16,7 +16,7 @@ from typing import Any
 import rerank_sweeps.data.mining as model_miner  # read at call time: one budget to patch
 from rerank_sweeps.config import MiningConfig, RunConfig
 from rerank_sweeps.data.mining import MinedRows, mean_score, mix_random
-from rerank_sweeps.data.records import NTuple, QAPair, Split, answer_key, normalize
+from rerank_sweeps.data.rows import NTuple, QAPair, Split, answer_key, normalize
 
 
 def _bm25_rankings(

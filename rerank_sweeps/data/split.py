@@ -21,7 +21,8 @@ from typing import Any
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import DataConfig, RunConfig, UserError
 from rerank_sweeps.data.files import read_part, write_jsonl
-from rerank_sweeps.data.records import (
+from rerank_sweeps.data.registry import load_source, source_fingerprint
+from rerank_sweeps.data.rows import (
     Doc,
     EvalQuery,
     QAPair,
@@ -30,7 +31,6 @@ from rerank_sweeps.data.records import (
     answer_key,
     normalize,
 )
-from rerank_sweeps.data.registry import load_source, source_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_sweeps.config import DataConfig, UserError
-from rerank_sweeps.data.records import SourceRows
+from rerank_sweeps.data.rows import SourceRows
 
 WORDNET_DEFAULT = Path("/usr/share/wordnet")
 WORDNET_POS = ("noun", "verb", "adj", "adv")
