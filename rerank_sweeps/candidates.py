@@ -26,13 +26,13 @@ import numpy as np
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import RunConfig, UserError
 from rerank_sweeps.console import progress
+from rerank_sweeps.data.files import read_jsonl
 from rerank_sweeps.fusion import RRF_K, rrf_scores
 from rerank_sweeps.index import (
     embed,
     has_ann_index,
     load_embedder,
     open_table,
-    read_jsonl,
     recall_against,
     vector_search,
 )

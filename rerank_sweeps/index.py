@@ -24,6 +24,7 @@ import pyarrow as pa
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.config import RunConfig, UserError
 from rerank_sweeps.console import progress
+from rerank_sweeps.data.files import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,6 @@ DISTANCE = "dot"
 INGEST_CHUNK = 8192
 # Depths at which the index stage reports an ANN index's recall against exact search.
 ANN_RECALL_DEPTHS = (10, 100)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file (the split artifact's formats), or a one-line UserError."""
-    if not path.is_file():
-        raise UserError(f"{path} is missing: the split artifact is incomplete")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{n}: not JSON ({err.msg})") from None
-    return rows
 
 
 def read_corpus(split_dir: Path) -> tuple[list[str], list[str]]:

@@ -20,7 +20,8 @@ from rerank_sweeps.archs import load_reranker
 from rerank_sweeps.cache import Artifact, Cache
 from rerank_sweeps.candidates import EvalItem, EvaluationError, leg_prefix, load_items
 from rerank_sweeps.config import RunConfig, UserError
-from rerank_sweeps.index import read_corpus, read_jsonl
+from rerank_sweeps.data.files import read_jsonl
+from rerank_sweeps.index import read_corpus
 from rerank_sweeps.machine import resolve_bf16
 from rerank_sweeps.rerankers import ModelReranker
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rerank_sweeps.cache import Artifact
+from rerank_sweeps.config import UserError
 
 Record = TypeVar("Record")
 
@@ -19,12 +20,20 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file, blank lines skipped."""
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file of an artifact (blank lines skipped), or a
+    one-line UserError naming the missing file or the line that is not JSON."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the artifact is incomplete")
+    rows = []
     with path.open(encoding="utf-8") as handle:
-        for line in handle:
+        for n, line in enumerate(handle, 1):
             if line.strip():
-                yield json.loads(line)
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}:{n}: not JSON ({err.msg})") from None
+    return rows
 
 
 def read_part(
