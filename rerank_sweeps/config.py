@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rerank_sweeps.records import DEV_KS, DEV_PRIMARY, METRICS
+from rerank_sweeps.records import DEV_KS, DEV_PRIMARY, METRICS, LatencyKey, MetricKey
 
 
 class ConfigError(ValueError):
@@ -397,9 +397,10 @@ class RunConfig:
         starts, so a typo never runs to the end and reports NaN."""
         if name.startswith("dev/"):
             return _objective_dev_problem(self, name)
-        if name.count("/") == 2:
-            return _objective_metric_problem(self, name)
-        return _objective_latency_problem(self, name)
+        metric_key = MetricKey.try_parse(name)
+        if metric_key is not None:
+            return _objective_metric_problem(self, metric_key)
+        return _objective_latency_problem(self, LatencyKey.parse(name))
 
     def __post_init__(self) -> None:
         _check(self.negatives >= 1, "negatives", self.negatives, "an integer >= 1")
@@ -423,8 +424,9 @@ class RunConfig:
         # arch.loss, arch.teacher and init=pretrained: `validation` (the architectures).
         for name in self.objective:
             _check(
-                re.fullmatch(r"dev/[^/]+|[^/]+/[^/]+/[^/@]+(@\d+)?|[^/]+/[^/]+/[^/]+/[^/]+", name)
-                is not None,
+                re.fullmatch(r"dev/[^/]+", name) is not None
+                or MetricKey.try_parse(name) is not None
+                or LatencyKey.try_parse(name) is not None,
                 "objective",
                 name,
                 'a metric key like "hybrid/reranked/hit@5", a dev key like "dev/ndcg@10" or a '
@@ -449,10 +451,9 @@ _LATENCY_STATS = tuple(
 ) + ("speedup",)
 
 
-def _objective_metric_problem(conf: RunConfig, name: str) -> str | None:
+def _objective_metric_problem(conf: RunConfig, key: MetricKey) -> str | None:
     """Why `qt/system/metric@k` names nothing this run measures (None: it does)."""
-    qt, system, metric_at_k = name.split("/")
-    metric, _, k = metric_at_k.partition("@")
+    qt, system, metric, k = key.query_type, key.system, key.metric, key.k
     systems = ["baseline", "reranked", "ceiling"]
     if conf.eval.untrained and conf.epochs > 0:
         systems.append("untrained")
@@ -464,8 +465,8 @@ def _objective_metric_problem(conf: RunConfig, name: str) -> str | None:
         return f"system {system!r} is not evaluated: choose one of {', '.join(systems)}"
     if metric not in METRICS:
         return f"metric {metric!r} is not one of {', '.join(METRICS)}"
-    if not k.isdigit() or int(k) not in conf.top_k:
-        return f"k={k or '(none)'} is not in top_k={conf.top_k}"
+    if k not in conf.top_k:
+        return f"k={k} is not in top_k={conf.top_k}"
     return None
 
 
@@ -487,9 +488,9 @@ def _objective_dev_problem(conf: RunConfig, name: str) -> str | None:
     return None
 
 
-def _objective_latency_problem(conf: RunConfig, name: str) -> str | None:
+def _objective_latency_problem(conf: RunConfig, key: LatencyKey) -> str | None:
     """Why `device/system/N/stat` names nothing the latency stage measures (None: it does)."""
-    device, system, n, stat = name.split("/")
+    device, system, stat = key.device, key.system, key.stat
     systems = ["none", conf.arch.name] + [
         f"{conf.arch.name}+{o}" for o in conf.latency.optimizations if o != "fp32"
     ]
@@ -499,8 +500,10 @@ def _objective_latency_problem(conf: RunConfig, name: str) -> str | None:
         return f"device {device!r} is not in latency.devices={conf.latency.devices}"
     if system not in systems:
         return f"latency system {system!r} is not measured: choose one of {', '.join(systems)}"
-    if not n.isdigit() or int(n) not in conf.latency.candidates:
-        return f"{n} candidates are not in latency.candidates={conf.latency.candidates}"
+    if key.n not in conf.latency.candidates:
+        return (
+            f"{key.candidates} candidates are not in latency.candidates={conf.latency.candidates}"
+        )
     if stat not in _LATENCY_STATS:
         return f"statistic {stat!r} is not one of {', '.join(_LATENCY_STATS)}"
     return None
