@@ -27,6 +27,7 @@ from rerank_sweeps.blog import (
 from rerank_sweeps.findings import VERDICT_RULE, Finding, completed, findings, findings_markdown
 from rerank_sweeps.plotdata import DEFAULT_OBJECTIVE
 from rerank_sweeps.records import BASELINE, CEILING, RERANKED, MetricKey, Record
+from rerank_sweeps.report_plots import save_figure
 from rerank_sweeps.report_tables import metric_ks, quality_tables, status_table
 from rerank_sweeps.tracking import read_records
 
@@ -212,11 +213,7 @@ def quality_latency_plot(records: Sequence[Record], objective: str, path: Path) 
     ax.set_xlabel("end-to-end p50 latency on CPU, N=20 candidates (ms, log scale)")
     ax.set_ylabel(f"{objective} (%)")
     ax.set_title("quality vs latency (blue: cross-encoder, orange: ColBERT)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def build_page(

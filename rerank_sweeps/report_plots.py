@@ -25,6 +25,17 @@ from rerank_sweeps.plotdata import (
 from rerank_sweeps.records import Record
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay `fig` out, write it to `path` (its folder created) and free it; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -86,11 +97,7 @@ def plot_quality_latency(records: Sequence[Record], objective: str, out: Path) -
     ax.set_xlabel(latency_axis_label(points), fontsize=8)
     ax.set_ylabel(f"{objective} (%, 95% interval)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "quality_vs_latency.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "quality_vs_latency.png", dpi=120)
 
 
 def plot_params(records: Sequence[Record], objective: str, out: Path) -> list[Path]:
@@ -131,11 +138,7 @@ def plot_params(records: Sequence[Record], objective: str, out: Path) -> list[Pa
         ax.set_ylabel(f"{objective} (%, 95% interval)", fontsize=8)
         if hue:
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"param_{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out / f"param_{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.png"))
     return paths
 
 
@@ -154,8 +157,4 @@ def plot_training(records: Sequence[Record], out: Path) -> Path | None:
     ax.set_xlabel("training step (0: before training)")
     ax.set_ylabel(dev_metric_label(curves[0][1][0]) + " (dotted: first stage)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "training_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "training_curves.png")
