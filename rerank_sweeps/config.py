@@ -160,6 +160,9 @@ class ArchConfig:
     embedding_size: int = 128  # colbert projection
     temperature: float = 1.0  # colbert contrastive loss
     pos_weight: float | None = None  # ce BinaryCrossEntropyLoss; None = number of negatives
+    # ce only: the first stage's cosine (index.embedder) written before each passage
+    # (rerank_sweeps/score_input.py)
+    score_in_input: bool = False
     # The training loss (the architecture's `losses`); None = its default (the first).
     loss: str | None = None
     bf16: str = "auto"  # auto | true | false

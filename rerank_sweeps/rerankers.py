@@ -124,9 +124,16 @@ class ModelReranker(Reranker):
             raise ValueError("score_pairs needs as many queries as texts")
         if not len(queries):
             return np.empty(0, dtype=np.float32)
-        scores = np.asarray(self._score_pairs(list(queries), list(texts)), dtype=np.float32)
+        queries = list(queries)
+        texts = self.prepare_texts(queries, list(texts))
+        scores = np.asarray(self._score_pairs(queries, texts), dtype=np.float32)
         self.pairs_scored += len(queries)
         return scores
+
+    def prepare_texts(self, queries: list[str], texts: list[str]) -> list[str]:
+        """The texts as the model reads them with their queries (here: unchanged)."""
+        del queries
+        return texts
 
     def _score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
         raise NotImplementedError

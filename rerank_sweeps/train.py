@@ -32,6 +32,8 @@ from rerank_sweeps.devsignal import DevArtifacts, DevData, candidate_evaluator, 
 from rerank_sweeps.distill import teacher_scores_stage
 from rerank_sweeps.distill_data import TeacherScores, load_teacher_scores
 from rerank_sweeps.models import hub_reachable, hub_unavailable, resolve_model
+from rerank_sweeps.score_input import META_KEY as SCORE_META_KEY
+from rerank_sweeps.score_input import score_input_meta
 from rerank_sweeps.teacher import loss_uses_teacher, parse_teacher, teacher_run_config, uses_teacher
 from rerank_sweeps.training import (
     AT_K,
@@ -68,6 +70,8 @@ def arch_key(conf: RunConfig) -> dict[str, Any]:
     fields["loss"] = loss_name(conf)  # null and the arch's default name train the same model
     if fields["loss"] != "bce":
         fields.pop("pos_weight", None)  # read by BinaryCrossEntropyLoss only
+    if fields.pop("score_in_input", False):  # off: the keys of models trained before it
+        fields |= score_input_meta(conf)  # on: which embedder's scores the model reads
     if loss_uses_teacher(fields["loss"]):
         # The teacher's scores artifact is an input of the model stage too (what the teacher
         # is on disk); this is the teacher as configured, in one canonical form.
@@ -145,6 +149,7 @@ def untrained_stage(conf: RunConfig, cache: Cache) -> Artifact:
         "seed": conf.seed,
         # The saved model's tokenisation settings travel in its config, so they are read too.
         **{name: getattr(conf.arch, name) for name in get_arch(conf.arch.name).saved_fields},
+        **score_input_meta(conf),
     }
 
     def build(out_dir: Path, work_dir: Path) -> None:
@@ -226,7 +231,8 @@ def load_start_model(conf: RunConfig) -> tuple[Any, str]:
 
 def make_evaluator(conf: RunConfig, dev: Sequence[NTuple]) -> Any:
     """The mined-tuple dev evaluator of this architecture (positive + hard negatives)."""
-    return get_arch(conf.arch.name).tuple_evaluator(clean_dev(dev), DEV_NAME, AT_K)
+    arch = get_arch(conf.arch.name)
+    return arch.tuple_evaluator(arch.input_tuples(conf, clean_dev(dev)), DEV_NAME, AT_K)
 
 
 # ----------------------------------------------------------------------------- training
@@ -245,6 +251,7 @@ def build_trainer(
     `teacher_scores` (aligned with `train`) feed the distillation losses.
     """
     arch = get_arch(conf.arch.name)
+    train = arch.input_tuples(conf, train)  # same order: teacher scores stay aligned
     dataset, loss = arch.dataset_and_loss(conf, model, train, teacher_scores)
     sched = schedule(len(dataset), conf)
     common = common_training_args(
@@ -281,6 +288,7 @@ def train_reranker(
     dev_rows = clean_dev(dev)
     if dev_data is not None and dev_data.items:
         meta = {"max_length": conf.arch.max_length, "query_length": conf.arch.query_length}
+        meta |= score_input_meta(conf)
         evaluator = candidate_evaluator(conf.arch.name, dev_data, conf.eval.batch_size, meta)
     else:
         evaluator = make_evaluator(conf, dev_rows) if dev_rows else None
@@ -366,6 +374,7 @@ def _info(
         "seed": conf.seed,
         "max_length": conf.arch.max_length,
         "query_length": conf.arch.query_length,
+        **score_input_meta(conf),
         "dev": dev,
         "dev_untrained": dev_untrained,
         **extra,
@@ -414,6 +423,12 @@ def model_card_section(info: dict[str, Any], conf: RunConfig, num_train: int, nu
         f"- Max length: {info['max_length']}"
         + "".join(f"; {name.replace('_', ' ')} {info[name]}" for name in arch.card_fields),
     ]
+    if info.get(SCORE_META_KEY):
+        lines.append(
+            "- Input: each passage starts with its first-stage score, the cosine of query and "
+            f"passage under `{info[SCORE_META_KEY]['embedder']}` as an integer percentage: "
+            "`71 | passage text` (`rerank_sweeps.archs.load_reranker` formats it)"
+        )
     if info.get("teacher"):
         lines.append(
             f"- Distilled ({info.get('loss')}) from the teacher `{json.dumps(info['teacher'])}`"

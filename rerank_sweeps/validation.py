@@ -56,6 +56,13 @@ def check_run(conf: RunConfig) -> None:
             f"for arch={conf.arch.name} choose one of {', '.join(arch.losses)}",
         )
     check_teacher(conf)
+    _check(
+        not conf.arch.score_in_input or "score_in_input" in arch.own_fields,
+        "arch.score_in_input",
+        conf.arch.score_in_input,
+        f"false for arch={conf.arch.name}: only a cross-encoder reads the first-stage score "
+        "with the passage (ColBERT encodes a document without its query)",
+    )
     if conf.init == "pretrained":
         field = arch.pretrained_field
         pretrained = getattr(conf.base, field) if field else None

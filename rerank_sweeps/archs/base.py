@@ -82,6 +82,11 @@ class Architecture:
         return False
 
     # -- training ----------------------------------------------------------------------------
+    def input_tuples(self, conf: RunConfig, rows: Sequence[NTuple]) -> list[NTuple]:
+        """Training or dev tuples as the model reads them (the texts as they are here)."""
+        del conf
+        return list(rows)
+
     def tuple_evaluator(self, rows: Sequence[NTuple], name: str, at_k: int) -> Any:
         """The dev evaluator over mined tuples (positive + hard negatives per question), used
         when a model is trained without the dev candidates."""

@@ -10,6 +10,7 @@ Here: its declarations and hooks (`CrossEncoderArch`), its LanceDB reranker
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 from collections import deque
@@ -25,6 +26,7 @@ from rerank_sweeps.config import UserError
 from rerank_sweeps.data import NTuple
 from rerank_sweeps.distill_data import margin_mse_rows, mse_pairs
 from rerank_sweeps.rerankers import ModelReranker, length_sorted
+from rerank_sweeps.score_input import META_KEY, ScoreInput
 from rerank_sweeps.speedups import (
     COMPILE_PAD_MULTIPLE,
     GRAPH_PAD_MULTIPLE,
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from rerank_sweeps.config import RunConfig
     from rerank_sweeps.distill_data import TeacherScores
 
+log = logging.getLogger(__name__)
+
 
 class CrossEncoderArch(Architecture):
     """sentence-transformers CrossEncoder with a single-logit head (`CrossEncoderTrainer`)."""
@@ -51,7 +55,7 @@ class CrossEncoderArch(Architecture):
     loader = "CrossEncoder(path)"
     losses = ("bce", "lambda", "listnet", "cmnrl", "margin_mse", "mse")
     teacher_losses = ("margin_mse", "mse")
-    own_fields = ("pos_weight",)
+    own_fields = ("pos_weight", "score_in_input")
     saved_fields = ("max_length",)
     pretrained_field = "pretrained_ce"
     supports_graphs = True
@@ -84,6 +88,21 @@ class CrossEncoderArch(Architecture):
         except (json.JSONDecodeError, AttributeError):
             return False
         return any(str(a).endswith("ForSequenceClassification") for a in architectures or [])
+
+    def input_tuples(self, conf: RunConfig, rows: Sequence[NTuple]) -> list[NTuple]:
+        """With `arch.score_in_input`, every text carries its first-stage score
+        (`score_input.ScoreInput`); else the tuples as they are."""
+        if not conf.arch.score_in_input:
+            return list(rows)
+        if conf.mining.sampling_strategy == "top":
+            log.warning(
+                "arch.score_in_input with mining.sampling_strategy=top: the negatives are the "
+                "retriever's top mistakes, scored above most positives, so the model learns "
+                "that a high score means irrelevant; mining.sampling_strategy=random "
+                "mining.range_max=%d samples them like the dev candidates",
+                conf.dev.depth,
+            )
+        return ScoreInput(conf.index.embedder, conf.eval.device).tuples(rows)
 
     def tuple_evaluator(self, rows: Sequence[NTuple], name: str, at_k: int) -> Any:
         """sentence-transformers' CrossEncoderRerankingEvaluator over the mined tuples."""
@@ -150,6 +169,18 @@ class CrossEncoderReranker(ModelReranker):
     Raw logits rank exactly like the sigmoid probabilities but do not saturate into float32
     ties at 1.0.
     """
+
+    @cached_property
+    def score_input(self) -> ScoreInput | None:
+        """The first-stage scores this model reads in its input (`arch.score_in_input`)."""
+        spec = self.meta.get(META_KEY)
+        return ScoreInput(spec["embedder"], self.device) if spec else None
+
+    def prepare_texts(self, queries: list[str], texts: list[str]) -> list[str]:
+        """The texts with their first-stage score in front, for a model trained so."""
+        if self.score_input is None:
+            return texts
+        return self.score_input.passages(queries, texts)
 
     @cached_property
     def model(self) -> Any:
