@@ -37,6 +37,23 @@ def _group_options(group: str) -> list[str] | None:
     return sorted(loader.get_group_options(group))
 
 
+def _options_setting(key: str) -> list[str]:
+    """The options of `key`'s config group whose YAML has it (`arch.pos_weight` -> [ce]);
+    [] outside a composition or for a key not directly in a group's option."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    group, _, leaf = key.lstrip("+~").rpartition(".")
+    if not group or not GlobalHydra.instance().is_initialized():
+        return []
+    repository = GlobalHydra.instance().config_loader().repository
+    found = []
+    for option in _group_options(group) or []:
+        loaded = repository.load_config(f"{group}/{option}")
+        if loaded is not None and loaded.config is not None and leaf in loaded.config:
+            found.append(option)
+    return found
+
+
 def _expand(overrides: Sequence[str]) -> list[list[str]]:
     """The jobs a basic sweep of `overrides` would run, as lists of plain overrides."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -87,6 +104,11 @@ def _compose_error(err: BaseException) -> str:
         key = unknown.group(1)
         from rerank_sweeps.config import did_you_mean
 
+        owners = _options_setting(key)
+        if owners:  # a key of the group's other options, e.g. a cross-encoder-only setting
+            group = key.lstrip("+~").rpartition(".")[0]
+            choices = " or ".join(f"{group}={o}" for o in owners)
+            return f"{key}: not a setting of this {group}; only {choices} reads it"
         hint = did_you_mean(key.lstrip("+~"))
         return f"{key}: unknown key{hint or f' (to add a new key write +{key}=...)'}"
     text = text.replace(

@@ -409,6 +409,18 @@ def _insert_after_front_matter(card: str, section: str) -> str:
     return section + ("\n" + card if card else "")
 
 
+def _mined_with(conf: RunConfig) -> str:
+    """Where the negatives came from, for the model card."""
+    mining = conf.mining
+    if mining.source == "retriever":
+        legs = " and ".join(
+            f"`{conf.index.embedder}`" if leg == "vector" else "BM25" for leg in mining.legs
+        )
+        drawn = f"{mining.sampling_strategy} of the top {mining.range_max}"
+        return f"the first stage's candidates: {legs}, {drawn}"
+    return f"mined with `{mining.model_id}`"
+
+
 def model_card_section(info: dict[str, Any], conf: RunConfig, num_train: int, num_dev: int) -> str:
     """The rerank_sweeps section of the model card: data, negatives, epochs, seed, dev results."""
     arch = get_arch(info["arch"])
@@ -418,7 +430,7 @@ def model_card_section(info: dict[str, Any], conf: RunConfig, num_train: int, nu
         f"- Reranker: {arch.title}, started from `{info['model_id']}` (init={info['init']}, base={info['base']})",
         f"- Data: source={describe_source(conf.data)}"
         + f"; {num_train} training examples, {num_dev} dev questions",
-        f"- Hard negatives per question: {info['negatives']} (mined with `{conf.mining.model_id}`)",
+        f"- Hard negatives per question: {info['negatives']} ({_mined_with(conf)})",
         f"- Epochs: {info['epochs']}; seed: {info['seed']}; lr {conf.arch.lr}, batch {conf.arch.batch_size}",
         f"- Max length: {info['max_length']}"
         + "".join(f"; {name.replace('_', ' ')} {info[name]}" for name in arch.card_fields),

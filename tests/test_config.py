@@ -72,6 +72,14 @@ BAD_INPUTS = [
     (["negative=2"], "negative: unknown key (did you mean negatives?)"),
     (["+arch.lrr=2"], "arch.lrr: unknown key (did you mean arch.lr?)"),
     (["mining.sorce=model"], "mining.sorce: unknown key (did you mean mining.source?)"),
+    (
+        ["arch=colbert", "arch.score_in_input=true"],
+        "arch.score_in_input: not a setting of this arch; only arch=ce reads it",
+    ),
+    (
+        ["arch=colbert", "+arch.score_in_input=true"],
+        "arch.score_in_input=True is not allowed: false for arch=colbert",
+    ),
     (["objective=[hybrid/reranked/hit@50]"], "k=50 is not in top_k=[5, 10]"),
     (["-m", "arch=ce,nope"], "arch='nope' is not an option"),
     (["-m", "base=minilm", "negatives=1,0"], "negatives=0 is not allowed"),

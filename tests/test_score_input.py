@@ -124,15 +124,3 @@ def test_training_rows_carry_the_scores_and_the_key_names_the_embedder(tmp_path:
         "fish swim",
     ]
     assert all(p.split(" | ", 1)[0].lstrip("-").isdigit() for p in dataset["passage"])
-
-
-def test_colbert_refuses_the_option_in_one_line(tmp_path: Path):
-    from rerank_sweeps.config import ConfigError
-    from rerank_sweeps.validation import validate
-
-    cfg = compose_config(
-        ["experiment=tiny", f"paths.root={tmp_path}", "arch=colbert", "+arch.score_in_input=true"]
-    )
-    with pytest.raises(ConfigError) as err:
-        validate(cfg)
-    assert "arch.score_in_input" in str(err.value) and "\n" not in str(err.value)

@@ -266,6 +266,12 @@ def test_training_beats_the_untrained_model_and_round_trips(trained, arch, base)
     assert card.startswith("---\n")  # the libraries' metadata block stays first and intact
     assert card.index("## rerank_sweeps training run") < card.index("\n# ")  # ours above theirs
     assert "Hard negatives per question: 3" in card and f"Epochs: {conf.epochs}; seed: 13" in card
+    # Where they came from: the retriever's candidates, not mining.model_id, which it never used.
+    assert conf.mining.source == "retriever"
+    assert (
+        "Hard negatives per question: 3 (the first stage's candidates: "
+        "`sentence-transformers/all-MiniLM-L6-v2` and BM25, top of the top 20)"
+    ) in card
     assert f"| ndcg@10 | {before:.4f} | {after:.4f} |" in card
     # Round trip: the saved model, loaded fresh, reproduces the dev metrics computed in memory.
     model = load_saved(arch, art.path / "model")
