@@ -287,9 +287,9 @@ def train_reranker(
     model, model_id = load_start_model(conf)
     dev_rows = clean_dev(dev)
     if dev_data is not None and dev_data.items:
-        meta = {"max_length": conf.arch.max_length, "query_length": conf.arch.query_length}
-        meta |= score_input_meta(conf)
-        evaluator = candidate_evaluator(conf.arch.name, dev_data, conf.eval.batch_size, meta)
+        evaluator = candidate_evaluator(
+            conf.arch.name, dev_data, conf.eval.batch_size, _scoring_meta(conf)
+        )
     else:
         evaluator = make_evaluator(conf, dev_rows) if dev_rows else None
     # The untrained dev metric is computed once per build: a resumed run reads it back.
@@ -355,6 +355,16 @@ def _step_of(checkpoint: str | None) -> int | None:
 # ----------------------------------------------------------------------------- saving
 
 
+def _scoring_meta(conf: RunConfig) -> dict[str, Any]:
+    """The reranker.json fields a reranker reads to score (lengths, the score in the input):
+    the saved model's and the in-training dev evaluator's alike."""
+    return {
+        "max_length": conf.arch.max_length,
+        "query_length": conf.arch.query_length,
+        **score_input_meta(conf),
+    }
+
+
 def _info(
     conf: RunConfig,
     model_id: str,
@@ -372,9 +382,7 @@ def _info(
         "epochs": epochs,
         "negatives": negatives,
         "seed": conf.seed,
-        "max_length": conf.arch.max_length,
-        "query_length": conf.arch.query_length,
-        **score_input_meta(conf),
+        **_scoring_meta(conf),
         "dev": dev,
         "dev_untrained": dev_untrained,
         **extra,
