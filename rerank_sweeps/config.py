@@ -83,6 +83,7 @@ class DataConfig:
     question_column: str = "question"
     answer_column: str = "answer"
     max_rows: int | None = None  # rows read from the source before splitting
+    train_private: bool = True  # pydoc: private names' docstrings as training-only pairs
     num_train: int = 2400  # training questions
     num_dev: int = 100  # dev questions (carved from the training side)
     num_eval: int = 400  # eval queries

@@ -121,6 +121,40 @@ def test_split_honours_sizes_and_seed_when_the_source_is_large() -> None:
     assert {q.question for q in other.eval} != {q.question for q in split.eval}
 
 
+def test_training_only_pairs_fill_training_and_never_touch_eval_or_dev() -> None:
+    pairs = [(f"q{i}", f"a{i}") for i in range(200)]
+    # Each public pair gets a twin that asks its question and one that gives its answer, and
+    # 50 pairs share nothing: only those, or twins of training rows, may be trained on.
+    train_pairs = [(f"Q{i}!", f"private {i}") for i in range(200)]
+    train_pairs += [(f"private q{i}", f"A{i}.") for i in range(200)]
+    train_pairs += [(f"fresh q{i}", f"fresh a{i}") for i in range(50)]
+    distractors = [f"distractor {i}" for i in range(100)]
+    conf = _config(num_train=150, num_dev=20, num_eval=30, corpus_size=100)
+    public, _ = data.make_split(SourceRows(pairs=pairs, extra_answers=distractors), conf, seed=3)
+    assert len(public.train) == 150  # the 200 questions fill eval, dev and train exactly
+    conf = replace(conf, num_train=210)
+    source = SourceRows(pairs=pairs, extra_answers=distractors, train_pairs=train_pairs)
+    split, stats = data.make_split(source, conf, seed=3)
+    # The evaluation is the same split as without them, and the public questions train first.
+    assert (split.eval, split.dev, split.corpus) == (public.eval, public.dev, public.corpus)
+    assert split.train[:150] == public.train
+    assert len(split.train) == 210 and stats["train_only_used"] == 60
+    assert stats["train_only_pairs_read"] == 450 and stats["shrunk"] is False
+    held_out_questions = {normalize(q.question) for q in split.eval + split.dev}
+    held_out_keys = {d.answer_key for d in split.dev} | {
+        data.answer_key(d.text) for q in split.eval for d in split.corpus if d.id in q.relevant
+    }
+    added = split.train[150:]
+    assert not {normalize(p.question) for p in added} & held_out_questions
+    assert not {p.answer_key for p in added} & held_out_keys
+    # Twins of held-out rows were on offer (50 eval/dev questions, each with two twins): all
+    # refused, while twins of training rows and fresh pairs were taken.
+    assert any(p.question.startswith("fresh") for p in added)
+    assert any(p.question.startswith("Q") or p.answer.startswith("A") for p in added)
+    assert [p.qid for p in split.train] == [f"t{n:06d}" for n in range(210)]
+    assert data.make_split(source, conf, seed=3)[0] == split
+
+
 def test_duplicate_answers_share_one_relevance_set_with_every_occurrence_relevant() -> None:
     # Two questions whose answers differ only in case and punctuation: one relevance set.
     pairs = [("Who wrote it?", "Ann Smith."), ("Who signed it?", "ann smith")]

@@ -353,6 +353,17 @@ def test_pydoc_docstrings_become_hand_checked_pairs(pydoc_dir: Path) -> None:
         }
     )
     assert rows.rows_read == 7 == len(rows.pairs) + sum(rows.skipped.values())
+    assert rows.train_pairs == []
+    # data.train_private: the private helper's pair is also a training-only pair; its body
+    # stays a distractor, so nothing else changes.
+    with_private = read_pydocs(pydoc_dir, None, seed=0, train_private=True)
+    assert with_private.train_pairs == [
+        (
+            "Shuffle the sheep in a random order.",
+            "Private helpers are never asked about, but this body is long enough to keep.",
+        )
+    ]
+    assert replace(with_private, train_pairs=[]) == rows
     # max_rows: a seeded sample of rows, in file order, the same for the same seed.
     sample = read_pydocs(pydoc_dir, 4, seed=5)
     assert sample.rows_read == 4

@@ -2,8 +2,10 @@
 
 Every public module, class and function docstring whose first paragraph is a short summary
 and which says more after it becomes one pair: the summary is the question and the rest of
-the docstring is the answer; the bodies of the other docstrings (private names, summaries too
-short or too long) are kept as distractor answers. The files are parsed with `ast`, never
+the docstring is the answer. A private name's docstring that would make such a pair is also
+a training-only pair (`data.train_private`): real text of the same kind, though not what a
+user of the library asks about. The bodies of the docstrings that make no pair (private
+names, summaries too short or too long) are kept as distractor answers. The files are parsed with `ast`, never
 imported, so any folder of Python sources works; the default is Debian's /usr/lib/python3.11
 (libpython3.11-minimal and libpython3.11-stdlib), else the running interpreter's stdlib.
 The texts are CPython's, under the PSF License Agreement (see NOTICE-PYTHON).
@@ -25,7 +27,7 @@ from rerank_sweeps.config import DataConfig, UserError
 from rerank_sweeps.data.rows import SourceRows
 
 PYDOC_DEFAULT = Path("/usr/lib/python3.11")
-PYDOC_VERSION = 1  # enters the split key: bump when the rules below change what is read
+PYDOC_VERSION = 2  # enters the split key: bump when the rules below change what is read
 # Folders never read: test suites (their docstrings describe tests, not the library), installed
 # third-party packages and byte-code caches. Matched against every folder name on the way down.
 SKIPPED_DIRS = frozenset(
@@ -165,15 +167,18 @@ def docstring_pair(docstring: str) -> tuple[str, str, str | None]:
     return question, answer, None
 
 
-def read_pydocs(folder: Path, max_rows: int | None = None, seed: int = 0) -> SourceRows:
+def read_pydocs(
+    folder: Path, max_rows: int | None = None, seed: int = 0, train_private: bool = False
+) -> SourceRows:
     """Pairs from the public docstrings of the .py files under `folder` (see the module docs).
 
     A row is one docstring, or one file that does not parse (skipped, never fatal), so
-    `rows_read == len(pairs) + sum(skipped.values())`. Bodies of skipped docstrings that are
-    long enough (private names, summaries too short or too long) become distractor answers,
-    as WordNet's unusable senses do. `max_rows` takes a seeded random sample of those rows,
-    kept in file order, as `read_wordnet` does: the sorted files would otherwise give a
-    slice of the alphabet.
+    `rows_read == len(pairs) + sum(skipped.values())`. With `train_private`, a private
+    name's docstring that makes a pair is also a training-only pair (its body stays a
+    distractor, so the eval corpus does not change with the option). Bodies of skipped docstrings that are long enough (private names, summaries too short or
+    too long) become distractor answers, as WordNet's unusable senses do. `max_rows` takes a
+    seeded random sample of those rows, kept in file order, as `read_wordnet` does: the
+    sorted files would otherwise give a slice of the alphabet.
     """
     found = [doc for path in pydoc_files(folder) for doc in _file_docstrings(path, folder)]
     if max_rows is not None and max_rows < len(found):
@@ -185,6 +190,8 @@ def read_pydocs(folder: Path, max_rows: int | None = None, seed: int = 0) -> Sou
             rows.skipped["file does not parse"] += 1
             continue
         question, answer, reason = docstring_pair(doc.docstring)
+        if doc.private and reason is None and train_private:
+            rows.train_pairs.append((question, answer))
         if doc.private:
             reason = "private name"
         if reason is None:
@@ -199,9 +206,9 @@ def read_pydocs(folder: Path, max_rows: int | None = None, seed: int = 0) -> Sou
 
 def load(data: DataConfig, seed: int) -> SourceRows:
     """The configured folder's rows (the registry's reader for `pydoc`)."""
-    return read_pydocs(pydoc_folder(data.path), data.max_rows, seed)
+    return read_pydocs(pydoc_folder(data.path), data.max_rows, seed, data.train_private)
 
 
 def fingerprint(data: DataConfig) -> dict[str, Any]:
     """The folder's identity (`pydoc_fingerprint`): another Python version re-splits."""
-    return pydoc_fingerprint(pydoc_folder(data.path))
+    return pydoc_fingerprint(pydoc_folder(data.path)) | {"train_private": data.train_private}

@@ -71,10 +71,15 @@ class Negatives:
 
 @dataclass
 class SourceRows:
-    """What a source gives: pairs, answers with no question (distractors), skipped counts."""
+    """What a source gives: pairs, answers with no question (distractors), skipped counts.
+
+    `train_pairs` are pairs fit to train on but not to ask in eval or dev (pydoc: private
+    names' docstrings), so the split uses them for training only.
+    """
 
     pairs: list[tuple[str, str]]
     extra_answers: list[str] = field(default_factory=list)
+    train_pairs: list[tuple[str, str]] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     rows_read: int = 0
 

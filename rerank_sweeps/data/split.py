@@ -5,6 +5,10 @@ relevance set (`answer_key`); rows that share a relevance set or a normalised qu
 joined into one group, and whole groups go to one role (eval, dev, train or distractor), so
 no eval question or eval answer is ever seen in training, as a positive or as a negative.
 Eval queries are judged by ids: every corpus document of the query's relevance sets counts.
+A source's training-only pairs (`SourceRows.train_pairs`) take no part in the grouping: they
+fill the training rows the source's own questions leave (`num_train`), minus any that shares
+a question or an answer with an eval or dev query; their answers may also be distractors,
+as the texts retriever mining draws negatives from are.
 """
 
 from __future__ import annotations
@@ -70,7 +74,10 @@ def _groups(rows: list[_Row]) -> list[list[int]]:
 
 
 def _target_sizes(available: int, data: DataConfig) -> tuple[int, int, int, bool]:
-    """(eval, dev, train) sizes; shrunk in proportion when the source has too few question rows."""
+    """(eval, dev, train) sizes; shrunk in proportion when the source has too few question rows.
+
+    `available` counts the training-only pairs too: they fill training rows.
+    """
     wanted = data.num_eval + data.num_dev + data.num_train
     if available >= wanted:
         return data.num_eval, data.num_dev, data.num_train, False
@@ -87,6 +94,7 @@ def make_split(source: SourceRows, data: DataConfig, seed: int) -> tuple[Split, 
         "rows_read": source.rows_read,
         "pairs_read": len(source.pairs),
         "extra_answers_read": len(source.extra_answers),
+        "train_only_pairs_read": len(source.train_pairs),
         "skipped": dict(sorted(source.skipped.items())),
     }
     rows: list[_Row] = []
@@ -114,7 +122,7 @@ def make_split(source: SourceRows, data: DataConfig, seed: int) -> tuple[Split, 
     groups.sort(key=lambda g: min(rows[i].key for i in g))
     random.Random(seed).shuffle(groups)
     question_rows = sum(1 for r in rows if r.question is not None)
-    n_eval, n_dev, n_train, shrunk = _target_sizes(question_rows, data)
+    n_eval, n_dev, n_train, shrunk = _target_sizes(question_rows + len(source.train_pairs), data)
     if question_rows == 0 or n_eval < 1:
         raise UserError(
             f"the {data.source} source gave no usable question/answer rows "
@@ -146,6 +154,11 @@ def make_split(source: SourceRows, data: DataConfig, seed: int) -> tuple[Split, 
     dev_rows = [i for i in dev_rows if i not in leaked]
     train_rows = [i for i in train_rows if i not in leaked]
     stats["dropped_train_dev_rows_with_eval_question"] = len(leaked)
+    held_out = [rows[i] for g in eval_groups for i in g] + [rows[i] for i in dev_rows]
+    train_only = _train_only_rows(
+        source.train_pairs, n_train - len(train_rows), held_out, seen_pairs, seed
+    )
+    stats["train_only_used"] = len(train_only)
 
     rng = random.Random(seed + 1)
     eval_docs = [rows[i] for g in eval_groups for i in g]
@@ -182,7 +195,11 @@ def make_split(source: SourceRows, data: DataConfig, seed: int) -> tuple[Split, 
             for n, i in enumerate(indices)
         ]
 
-    split = Split(pairs(train_rows, "t"), pairs(dev_rows, "d"), queries, corpus)
+    train = pairs(train_rows, "t") + [
+        QAPair(f"t{n:06d}", row.question or "", row.answer, row.key)
+        for n, row in enumerate(train_only, start=len(train_rows))
+    ]
+    split = Split(train, pairs(dev_rows, "d"), queries, corpus)
     requested = {k: getattr(data, k) for k in ("num_train", "num_dev", "num_eval", "corpus_size")}
     sizes = {
         "num_train": len(split.train),
@@ -207,6 +224,33 @@ def make_split(source: SourceRows, data: DataConfig, seed: int) -> tuple[Split, 
             f"{len(split.eval)} eval queries and {len(split.train)} training rows"
         )
     return split, stats
+
+
+def _train_only_rows(
+    train_pairs: list[tuple[str, str]],
+    room: int,
+    held_out: list[_Row],
+    seen_pairs: set[tuple[str, str]],
+    seed: int,
+) -> list[_Row]:
+    """Up to `room` training-only pairs, in a seeded order, none sharing a normalised question
+    or a relevance set with a held-out (eval or dev) row, and none a copy of a source pair."""
+    questions = {r.norm_question for r in held_out if r.norm_question}
+    keys = {r.key for r in held_out}
+    order = list(range(len(train_pairs)))
+    random.Random(seed + 2).shuffle(order)
+    chosen: list[_Row] = []
+    for i in order:
+        if len(chosen) >= room:
+            break
+        question, answer = train_pairs[i]
+        nq, na = normalize(question), normalize(answer)
+        key = answer_key(answer)
+        if not nq or not na or (nq, na) in seen_pairs or nq in questions or key in keys:
+            continue
+        seen_pairs.add((nq, na))
+        chosen.append(_Row(question, answer, nq, key))
+    return chosen
 
 
 def _warn_if_short(
