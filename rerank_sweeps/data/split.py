@@ -285,8 +285,11 @@ def split_stage(conf: RunConfig, cache: Cache) -> Artifact:
         stats["seconds"] = round(time.perf_counter() - started, 3)
         write_split(split, stats, out_dir)
         log.info(
-            "split: %d train, %d dev, %d eval queries, %d corpus docs (skipped %s)",
+            "split: %d train%s, %d dev, %d eval queries, %d corpus docs (skipped %s)",
             len(split.train),
+            f" ({stats['train_only_used']} of them training-only pairs)"
+            if stats["train_only_used"]
+            else "",
             len(split.dev),
             len(split.eval),
             len(split.corpus),
