@@ -13,11 +13,13 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from rerank_sweeps.config import ConfigError, UserError, mask_secrets
+from rerank_sweeps.tracking import AnotherCommandsRun
 from rerank_sweeps.validation import validate
 
 log = logging.getLogger("rerank_sweeps")
@@ -117,6 +119,20 @@ def _compose_error(err: BaseException) -> str:
     return text.strip() or type(err).__name__
 
 
+def _check_sweep_dir(overrides: list[str]) -> None:
+    """Refuse a sweep dir holding another command's finished jobs (`sweep.refuse_another_sweep`)."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from rerank_sweeps.sweep import refuse_another_sweep
+
+    first = _expand(overrides)[0]
+    cfg = compose("config", overrides=first, return_hydra_config=True)
+    sweep_dir = OmegaConf.select(cfg, "hydra.sweep.dir")
+    if sweep_dir:
+        refuse_another_sweep(Path(sweep_dir), overrides)
+
+
 def preflight(argv: Sequence[str]) -> str | None:
     """Compose and validate every job of this command line; the one-line error, or None."""
     flags = [a for a in argv if a.startswith("-")]
@@ -134,7 +150,11 @@ def preflight(argv: Sequence[str]) -> str | None:
                 except Exception as err:  # Hydra's composition errors are many types
                     raise ConfigError(_compose_error(err)) from None
                 validate(cfg)
+            if any(f in _PLAIN_FLAGS for f in flags):
+                _check_sweep_dir(overrides)
     except ConfigError as err:
+        return str(err)
+    except AnotherCommandsRun as err:
         return str(err)
     except Exception as err:  # a grammar error in an override, for instance
         return _compose_error(err)
@@ -161,7 +181,7 @@ def hydra_main(cfg: DictConfig) -> float | tuple[float, ...]:
         result = run(cfg, conf=conf)
     except (ConfigError, UserError) as err:
         log.error("%s", err)
-        if multirun:
+        if multirun and not isinstance(err, AnotherCommandsRun):
             return _failed_objective(len(conf.objective))
         print(f"error: {mask_secrets(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -105,8 +105,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None, conf: RunConfig | None = N
             latency=finished.get("latency", {}),
             stage_seconds=finished.get("stage_seconds", {}),
         )
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     job = tracking.hydra_job_info(conf.experiment)
+    tracking.refuse_another_commands_run(run_dir, job)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     record = tracking.RunRecord(run_dir, conf, config, job)
     tracker = wandb_mirror.WandbTracker(conf, config, job, run_dir)
     cache = Cache(conf.paths.cache)

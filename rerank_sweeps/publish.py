@@ -123,7 +123,10 @@ def _short_commit(commit: str) -> str:
 
 
 def grid_command(records: Sequence[Record]) -> str:
-    """The multirun command line that produced these runs (the union of their overrides)."""
+    """The multirun command line that produced these runs (the union of their overrides, then
+    the sweep's own `hydra.*` ones, such as a sweep dir other than the experiment's)."""
+    from rerank_sweeps.tracking import sweep_hydra_overrides
+
     order: list[str] = []
     values: dict[str, list[str]] = {}
     for r in records:
@@ -134,7 +137,10 @@ def grid_command(records: Sequence[Record]) -> str:
                 values[key] = []
             if value not in values[key]:
                 values[key].append(value)
-    return "python -m rerank_sweeps -m " + " ".join(f"{k}={','.join(values[k])}" for k in order)
+    words = [f"{k}={','.join(values[k])}" for k in order]
+    if records and records[0].sweep_dir:
+        words += sweep_hydra_overrides(records[0].sweep_dir)
+    return "python -m rerank_sweeps -m " + " ".join(words)
 
 
 def config_yaml(record: Record) -> str:

@@ -1,5 +1,6 @@
-"""Sweep-level behaviour: one failed job never stops the others, and every sweep ends with a
-summary of all its jobs and a non-zero exit code if any failed."""
+"""Sweep-level behaviour: one failed job never stops the others, every sweep ends with a
+summary of all its jobs and a non-zero exit code if any failed, and a sweep dir that holds
+another command's finished jobs is refused before anything is written there."""
 
 from __future__ import annotations
 
@@ -11,10 +12,49 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from rerank_sweeps.tracking import load_records, write_json_atomic
+from rerank_sweeps.tracking import (
+    AnotherCommandsRun,
+    is_infrastructure,
+    load_records,
+    override_key,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 RETRIED = ", retried"  # status suffix of an attempt whose job later completed
+
+
+def refuse_another_sweep(sweep_dir: Path, overrides: list[str]) -> None:
+    """Raise `AnotherCommandsRun` when `sweep_dir` holds completed jobs of a command whose
+    overrides (storage, logging and Hydra's aside, in any order) differ from `overrides`.
+
+    Experiments with a fixed sweep dir resume with the same command; another grid sent there
+    would overwrite the finished jobs that share its job numbers, and Hydra would replace the
+    dir's multirun.yaml before the first job could object.
+    """
+    from omegaconf import OmegaConf
+
+    try:
+        saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
+        task = OmegaConf.to_container(saved.hydra.overrides.task, resolve=False)
+    except Exception:  # noqa: BLE001 - no earlier sweep there, or one started by other means
+        return
+    if not isinstance(task, list):
+        return
+
+    def measured(lines: list[Any]) -> list[str]:
+        return sorted(str(o) for o in lines if not is_infrastructure(override_key(str(o))))
+
+    before, now = measured(task), measured(overrides)
+    if before == now or not any(
+        r.get("status") == "completed" for r in load_records(Path(sweep_dir))
+    ):
+        return
+    was = " ".join(before) or "no overrides"
+    raise AnotherCommandsRun(
+        f"{sweep_dir} holds completed jobs of another command ({was}): pass "
+        "hydra.sweep.dir=<another folder> for this one, or delete that folder to rerun there"
+    )
 
 
 def summarize(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rerank_sweeps.config import RunConfig, mask_secrets
+from rerank_sweeps.config import RunConfig, UserError, mask_secrets
 from rerank_sweeps.records import Record
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,21 @@ def sweep_constant_keys(sweep_dir: str | Path) -> set[str] | None:
     }
 
 
+def sweep_hydra_overrides(sweep_dir: str | Path) -> list[str]:
+    """The `hydra.*` overrides of the command that started the sweep (from its multirun.yaml),
+    without `hydra.mode` (which `-m` sets), e.g. `hydra.sweep.dir=...`; [] when unknown."""
+    from omegaconf import OmegaConf
+
+    try:
+        saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
+        lines = OmegaConf.to_container(saved.hydra.overrides.hydra, resolve=False)
+    except Exception:  # noqa: BLE001 - no file, or a sweep started by other means
+        return []
+    if not isinstance(lines, list):
+        return []
+    return [str(line) for line in lines if not str(line).startswith("hydra.mode=")]
+
+
 def run_name(
     overrides: list[str], experiment: str | None, constant: set[str] | None, multirun: bool
 ) -> str:
@@ -222,6 +237,39 @@ def completed_record(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | 
     if data.get("status") == "completed" and data.get("config") == config:
         return data
     return None
+
+
+class AnotherCommandsRun(UserError):
+    """A job dir holds a completed run of another command: the command, not the job, is wrong,
+    so a sweep stops at once instead of reporting the old run as its job's."""
+
+
+def refuse_another_commands_run(run_dir: Path, job: JobInfo) -> None:
+    """Raise a one-line `AnotherCommandsRun` when `run_dir` holds a completed run that a command with
+    other overrides started (storage and logging overrides aside).
+
+    An experiment's fixed sweep dir makes the same command resume; another grid sent there
+    would otherwise overwrite the finished jobs that share its job numbers. The same command
+    after a change of defaults still reruns its jobs, as a resume should.
+    """
+    try:
+        data = json.loads((Path(run_dir) / RECORD).read_text())
+    except (OSError, ValueError):
+        return
+    if data.get("status") != "completed":
+        return
+
+    def measured(overrides: list[str]) -> list[str]:
+        return [o for o in overrides if not is_infrastructure(override_key(o))]
+
+    before, now = measured(list(data.get("overrides") or [])), measured(job.overrides)
+    if before != now:
+        was, is_ = " ".join(before) or "no overrides", " ".join(now) or "no overrides"
+        raise AnotherCommandsRun(
+            f"{run_dir} holds a completed run of another command ({was}; this job: {is_}): "
+            "pass hydra.sweep.dir=<another folder> to keep it, or delete that folder to rerun "
+            "there"
+        )
 
 
 class RunRecord:

@@ -314,3 +314,25 @@ def test_page_of_old_records_has_no_gate_marks(tmp_path):
     page = publish.build_page(root, tmp_path / "docs" / "results.md", blog_path=BLOG)
     assert "†" not in page and "fused" not in page and "FAILED" not in page
     assert "| negatives=1 | completed | 0.5000 | – |" in page
+
+
+def test_the_page_command_keeps_the_sweep_dir_it_was_run_with(tmp_path: Path) -> None:
+    # A grid moved off its experiment's fixed sweep dir must be printed with that dir: the
+    # command without it would resume into the other grid's job folders.
+    sweep = tmp_path / "cpu_grid_mpnet"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    hydra:\n"
+        f"    - hydra.sweep.dir={sweep}\n    - hydra.mode=MULTIRUN\n"
+        "    task:\n    - base=mpnet\n    - arch=colbert,ce\n"
+    )
+    records = [
+        Record(sweep_dir=str(sweep), job_num=n, overrides=["base=mpnet", f"arch={a}"])
+        for n, a in enumerate(["colbert", "ce"])
+    ]
+    assert publish.grid_command(records) == (
+        f"python -m rerank_sweeps -m base=mpnet arch=colbert,ce hydra.sweep.dir={sweep}"
+    )
+    # A sweep without its multirun.yaml (started by other means): the overrides alone.
+    bare = [Record(sweep_dir=str(tmp_path / "gone"), job_num=0, overrides=["base=mpnet"])]
+    assert publish.grid_command(bare) == "python -m rerank_sweeps -m base=mpnet"

@@ -79,6 +79,33 @@ def test_grid_through_submitit_local_completes_from_the_warm_cache(grid) -> None
     assert all("model" in j["cache_hits"] for j in jobs)
 
 
+def test_another_grid_sent_to_a_finished_sweep_dir_is_refused_before_it_writes(grid) -> None:
+    from rerank_sweeps.__main__ import preflight
+
+    root, _, _ = grid
+    sweep = sorted(p for p in (root / "multirun").iterdir() if p.is_dir())[0]
+    saved = (sweep / "multirun.yaml").read_text()
+    records = sorted(p.read_text() for p in sweep.glob("*/record.json"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rerank_sweeps", "-m", "experiment=tiny",
+         "latency.enabled=false", f"paths.root={root}", "base=tiny_bert", "top_k=7",
+         f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=300, env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {sweep} holds completed jobs of another command (base=tiny_bert,modernbert "
+        "experiment=tiny latency.enabled=false top_k=5,10): pass hydra.sweep.dir=<another "
+        "folder> for this one, or delete that folder to rerun there"
+    ]
+    # Nothing of the finished sweep changed: not Hydra's multirun.yaml, not a job's record.
+    assert (sweep / "multirun.yaml").read_text() == saved
+    assert sorted(p.read_text() for p in sweep.glob("*/record.json")) == records
+    # The same command, its overrides in another order and with a storage override, resumes.
+    same = ["top_k=5,10", "base=tiny_bert,modernbert", "latency.enabled=false", "experiment=tiny"]
+    assert preflight(["-m", *same, f"paths.root={root}", f"hydra.sweep.dir={sweep}"]) is None
+
+
 def _attempt(root: Path, num: int, status: str, started: str, overrides: list[str]) -> None:
     run_dir = root / str(num)
     run_dir.mkdir(parents=True)

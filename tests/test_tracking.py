@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from rerank_sweeps import tracking, wandb_mirror
+from rerank_sweeps.config import UserError
 from rerank_sweeps.tracking import JobInfo, RunRecord, load_records
 from rerank_sweeps.validation import validate
 from rerank_sweeps.wandb_mirror import WandbTracker, read_wandb_records, wandb_mode
@@ -241,6 +242,26 @@ def test_a_completed_run_of_the_same_config_is_kept_and_anything_else_reruns(
     (run_dir / "record.json").write_text(json.dumps(failed))
     pipeline.run(compose_config(["experiment=tiny", f"paths.root={tmp_path}", "seed=14"]), run_dir)
     assert len(calls) == 3  # a failed job runs again
+
+    # Another command's job sent to this dir (another grid into a fixed sweep dir) must not
+    # overwrite the completed run: one line, and the record stays as it was.
+    kept = json.loads((run_dir / "record.json").read_text())
+    other = JobInfo(overrides=["seed=15", "paths.root=/elsewhere"])
+    monkeypatch.setattr(tracking, "hydra_job_info", lambda experiment=None: other)
+    with pytest.raises(
+        UserError,
+        match=r"holds a completed run of another command \(no "
+        r"overrides; this job: seed=15\): pass hydra.sweep.dir=",
+    ):
+        pipeline.run(
+            compose_config(["experiment=tiny", f"paths.root={tmp_path}", "seed=15"]), run_dir
+        )
+    assert len(calls) == 3 and json.loads((run_dir / "record.json").read_text()) == kept
+    # The same command (storage overrides aside) reruns as before.
+    same = JobInfo(overrides=["paths.root=/elsewhere"])
+    monkeypatch.setattr(tracking, "hydra_job_info", lambda experiment=None: same)
+    pipeline.run(compose_config(["experiment=tiny", f"paths.root={tmp_path}", "seed=15"]), run_dir)
+    assert len(calls) == 4
 
 
 def test_git_commit_is_read_once_per_process(monkeypatch) -> None:
