@@ -130,7 +130,9 @@ def _check_sweep_dir(overrides: list[str]) -> None:
     cfg = compose("config", overrides=first, return_hydra_config=True)
     sweep_dir = OmegaConf.select(cfg, "hydra.sweep.dir")
     if sweep_dir:
-        refuse_another_sweep(Path(sweep_dir), overrides)
+        node = OmegaConf.select(cfg, "hydra.sweeper.params")
+        params = OmegaConf.to_container(node) if node else {}
+        refuse_another_sweep(Path(sweep_dir), params, overrides)
 
 
 def preflight(argv: Sequence[str]) -> str | None:

@@ -125,6 +125,7 @@ def _short_commit(commit: str) -> str:
 def grid_command(records: Sequence[Record]) -> str:
     """The multirun command line that produced these runs (the union of their overrides, then
     the sweep's own `hydra.*` ones, such as a sweep dir other than the experiment's)."""
+    from rerank_sweeps.config import mask_secrets
     from rerank_sweeps.tracking import sweep_hydra_overrides
 
     order: list[str] = []
@@ -139,7 +140,7 @@ def grid_command(records: Sequence[Record]) -> str:
                 values[key].append(value)
     words = [f"{k}={','.join(values[k])}" for k in order]
     if records and records[0].sweep_dir:
-        words += sweep_hydra_overrides(records[0].sweep_dir)
+        words += [str(mask_secrets(w)) for w in sweep_hydra_overrides(records[0].sweep_dir)]
     return "python -m rerank_sweeps -m " + " ".join(words)
 
 

@@ -24,9 +24,19 @@ log = logging.getLogger(__name__)
 RETRIED = ", retried"  # status suffix of an attempt whose job later completed
 
 
-def refuse_another_sweep(sweep_dir: Path, overrides: list[str]) -> None:
-    """Raise `AnotherCommandsRun` when `sweep_dir` holds completed jobs of a command whose
-    overrides (storage, logging and Hydra's aside, in any order) differ from `overrides`.
+def swept_settings(params: Any, overrides: list[str]) -> dict[str, str]:
+    """What a sweep measures: its sweeper's `params` with the command's overrides over them,
+    key -> value, without storage, logging and Hydra's own keys. Two commands with the same
+    settings start the same jobs, whichever of the two places a grid axis came from."""
+    settings = {str(k): str(v) for k, v in dict(params or {}).items()}
+    for line in overrides:
+        settings[override_key(str(line))] = str(line).partition("=")[2]
+    return {k: v for k, v in sorted(settings.items()) if not is_infrastructure(k)}
+
+
+def refuse_another_sweep(sweep_dir: Path, params: Any, overrides: list[str]) -> None:
+    """Raise `AnotherCommandsRun` when `sweep_dir` holds completed jobs of a sweep whose
+    settings (`swept_settings` of its multirun.yaml) differ from this command's.
 
     Experiments with a fixed sweep dir resume with the same command; another grid sent there
     would overwrite the finished jobs that share its job numbers, and Hydra would replace the
@@ -37,20 +47,18 @@ def refuse_another_sweep(sweep_dir: Path, overrides: list[str]) -> None:
     try:
         saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
         task = OmegaConf.to_container(saved.hydra.overrides.task, resolve=False)
+        params_node = OmegaConf.select(saved, "hydra.sweeper.params")
+        saved_params = OmegaConf.to_container(params_node) if params_node else {}
     except Exception:  # noqa: BLE001 - no earlier sweep there, or one started by other means
         return
     if not isinstance(task, list):
         return
-
-    def measured(lines: list[Any]) -> list[str]:
-        return sorted(str(o) for o in lines if not is_infrastructure(override_key(str(o))))
-
-    before, now = measured(task), measured(overrides)
+    before, now = swept_settings(saved_params, task), swept_settings(params, overrides)
     if before == now or not any(
         r.get("status") == "completed" for r in load_records(Path(sweep_dir))
     ):
         return
-    was = " ".join(before) or "no overrides"
+    was = " ".join(f"{k}={v}" for k, v in before.items()) or "no overrides"
     raise AnotherCommandsRun(
         f"{sweep_dir} holds completed jobs of another command ({was}): pass "
         "hydra.sweep.dir=<another folder> for this one, or delete that folder to rerun there"

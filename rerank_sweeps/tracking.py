@@ -246,7 +246,7 @@ class AnotherCommandsRun(UserError):
 
 def refuse_another_commands_run(run_dir: Path, job: JobInfo) -> None:
     """Raise a one-line `AnotherCommandsRun` when `run_dir` holds a completed run that a command with
-    other overrides started (storage and logging overrides aside).
+    other overrides started (storage and logging overrides and their order aside).
 
     An experiment's fixed sweep dir makes the same command resume; another grid sent there
     would otherwise overwrite the finished jobs that share its job numbers. The same command
@@ -260,7 +260,7 @@ def refuse_another_commands_run(run_dir: Path, job: JobInfo) -> None:
         return
 
     def measured(overrides: list[str]) -> list[str]:
-        return [o for o in overrides if not is_infrastructure(override_key(o))]
+        return sorted(o for o in overrides if not is_infrastructure(override_key(o)))
 
     before, now = measured(list(data.get("overrides") or [])), measured(job.overrides)
     if before != now:

@@ -164,3 +164,27 @@ def test_the_optuna_pruner_stops_training_through_the_dev_metric(tmp_path) -> No
     assert "(0 completed, 1 pruned, 0 failed)" in proc.stdout
     # The model stage never finished: nothing was cached as a trained model.
     assert not list((tmp_path / "cache" / "model").glob("*/_COMPLETE.json"))
+
+
+def test_a_grid_axis_counts_the_same_from_the_sweeper_params_or_the_command(tmp_path) -> None:
+    from rerank_sweeps.sweep import refuse_another_sweep
+    from rerank_sweeps.tracking import AnotherCommandsRun
+
+    # `make results` starts `-m experiment=cpu_grid` (its axes in hydra.sweeper.params); the
+    # results page prints the axes on the command line. Both are the same sweep.
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      arch: ce,colbert\n      negatives: 1,2\n"
+        "  overrides:\n    hydra:\n    - hydra.mode=MULTIRUN\n    task:\n"
+        "    - experiment=cpu_grid\n    - paths.root=/a\n"
+    )
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "record.json").write_text(json.dumps({"status": "completed"}))
+    params = {"arch": "ce,colbert", "negatives": "1,2"}
+    printed = ["arch=ce,colbert", "negatives=1,2", "experiment=cpu_grid", "paths.root=/b"]
+    refuse_another_sweep(tmp_path, params, printed)
+    refuse_another_sweep(tmp_path, params, ["experiment=cpu_grid"])
+    # An axis changed in either place is another sweep.
+    with pytest.raises(AnotherCommandsRun, match=r"\(arch=ce,colbert experiment=cpu_grid"):
+        refuse_another_sweep(tmp_path, params | {"negatives": "1,2,3"}, ["experiment=cpu_grid"])
+    with pytest.raises(AnotherCommandsRun):
+        refuse_another_sweep(tmp_path, params, ["experiment=cpu_grid", "base=mpnet"])

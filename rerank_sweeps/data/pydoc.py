@@ -175,7 +175,8 @@ def read_pydocs(
     A row is one docstring, or one file that does not parse (skipped, never fatal), so
     `rows_read == len(pairs) + sum(skipped.values())`. With `train_private`, a private
     name's docstring that makes a pair is also a training-only pair (its body stays a
-    distractor, so the eval corpus does not change with the option). Bodies of skipped docstrings that are long enough (private names, summaries too short or
+    distractor, so with `num_train` the public questions can fill, the option changes no eval
+    query, dev question or corpus document). Bodies of skipped docstrings that are long enough (private names, summaries too short or
     too long) become distractor answers, as WordNet's unusable senses do. `max_rows` takes a
     seeded random sample of those rows, kept in file order, as `read_wordnet` does: the
     sorted files would otherwise give a slice of the alphabet.
