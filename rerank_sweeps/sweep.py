@@ -14,24 +14,14 @@ from omegaconf import DictConfig
 
 from rerank_sweeps.tracking import (
     AnotherCommandsRun,
-    is_infrastructure,
     load_records,
-    override_key,
+    saved_sweep,
+    swept_settings,
     write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
 RETRIED = ", retried"  # status suffix of an attempt whose job later completed
-
-
-def swept_settings(params: Any, overrides: list[str]) -> dict[str, str]:
-    """What a sweep measures: its sweeper's `params` with the command's overrides over them,
-    key -> value, without storage, logging and Hydra's own keys. Two commands with the same
-    settings start the same jobs, whichever of the two places a grid axis came from."""
-    settings = {str(k): str(v) for k, v in dict(params or {}).items()}
-    for line in overrides:
-        settings[override_key(str(line))] = str(line).partition("=")[2]
-    return {k: v for k, v in sorted(settings.items()) if not is_infrastructure(k)}
 
 
 def refuse_another_sweep(sweep_dir: Path, params: Any, overrides: list[str]) -> None:
@@ -42,18 +32,11 @@ def refuse_another_sweep(sweep_dir: Path, params: Any, overrides: list[str]) -> 
     would overwrite the finished jobs that share its job numbers, and Hydra would replace the
     dir's multirun.yaml before the first job could object.
     """
-    from omegaconf import OmegaConf
-
-    try:
-        saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
-        task = OmegaConf.to_container(saved.hydra.overrides.task, resolve=False)
-        params_node = OmegaConf.select(saved, "hydra.sweeper.params")
-        saved_params = OmegaConf.to_container(params_node) if params_node else {}
-    except Exception:  # noqa: BLE001 - no earlier sweep there, or one started by other means
+    task = saved_sweep(sweep_dir, "hydra.overrides.task")
+    if not isinstance(task, list):  # no earlier sweep there, or one started by other means
         return
-    if not isinstance(task, list):
-        return
-    before, now = swept_settings(saved_params, task), swept_settings(params, overrides)
+    before = swept_settings(saved_sweep(sweep_dir, "hydra.sweeper.params"), task)
+    now = swept_settings(params, overrides)
     if before == now or not any(
         r.get("status") == "completed" for r in load_records(Path(sweep_dir))
     ):

@@ -124,6 +124,29 @@ def is_infrastructure(key: str) -> bool:
     return re.split(r"[./@]", key.lstrip("+~"), maxsplit=1)[0] in INFRASTRUCTURE
 
 
+def saved_sweep(sweep_dir: str | Path, key: str) -> Any:
+    """`key` of the sweep's `<sweep_dir>/multirun.yaml` (the config Hydra's basic sweeper and
+    our Optuna sweeper save before the first job) as plain data, unresolved; None when the
+    file or the key is missing (a sweep started by other means)."""
+    from omegaconf import OmegaConf
+
+    try:
+        node = OmegaConf.select(OmegaConf.load(Path(sweep_dir) / "multirun.yaml"), key)
+        return OmegaConf.to_container(node, resolve=False) if node is not None else None
+    except Exception:  # noqa: BLE001 - no file, or not a config Hydra wrote
+        return None
+
+
+def swept_settings(params: Any, overrides: list[str]) -> dict[str, str]:
+    """What a sweep or a job measures: its sweeper's `params` with the overrides over them,
+    key -> value, sorted, without storage, logging and Hydra's own keys. Two commands with
+    the same settings start the same jobs, whichever place a grid axis came from."""
+    settings = {str(k): str(v) for k, v in dict(params or {}).items()}
+    for line in overrides:
+        settings[override_key(str(line))] = str(line).partition("=")[2]
+    return {k: v for k, v in sorted(settings.items()) if not is_infrastructure(k)}
+
+
 def sweep_constant_keys(sweep_dir: str | Path) -> set[str] | None:
     """The keys every job of the sweep gets the same value for, or None when unknown.
 
@@ -134,14 +157,13 @@ def sweep_constant_keys(sweep_dir: str | Path) -> set[str] | None:
     sweeper's `params`, an Optuna trial's sampled or custom values).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
+    task = saved_sweep(sweep_dir, "hydra.overrides.task")
+    if not isinstance(task, list):
+        return None
     try:
-        saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
-        task = OmegaConf.to_container(saved.hydra.overrides.task, resolve=False)
-        assert isinstance(task, list)
         parsed = OverridesParser.create().parse_overrides([str(line) for line in task])
-    except Exception:  # noqa: BLE001 - no file, or a sweep started by other means
+    except Exception:  # noqa: BLE001 - an override this Hydra does not parse
         return None
     return {
         f"{o.key_or_group}@{o.package}" if o.package else o.key_or_group
@@ -153,13 +175,7 @@ def sweep_constant_keys(sweep_dir: str | Path) -> set[str] | None:
 def sweep_hydra_overrides(sweep_dir: str | Path) -> list[str]:
     """The `hydra.*` overrides of the command that started the sweep (from its multirun.yaml),
     without `hydra.mode` (which `-m` sets), e.g. `hydra.sweep.dir=...`; [] when unknown."""
-    from omegaconf import OmegaConf
-
-    try:
-        saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
-        lines = OmegaConf.to_container(saved.hydra.overrides.hydra, resolve=False)
-    except Exception:  # noqa: BLE001 - no file, or a sweep started by other means
-        return []
+    lines = saved_sweep(sweep_dir, "hydra.overrides.hydra")
     if not isinstance(lines, list):
         return []
     return [str(line) for line in lines if not str(line).startswith("hydra.mode=")]
@@ -259,12 +275,12 @@ def refuse_another_commands_run(run_dir: Path, job: JobInfo) -> None:
     if data.get("status") != "completed":
         return
 
-    def measured(overrides: list[str]) -> list[str]:
-        return sorted(o for o in overrides if not is_infrastructure(override_key(o)))
-
-    before, now = measured(list(data.get("overrides") or [])), measured(job.overrides)
+    before = swept_settings({}, list(data.get("overrides") or []))
+    now = swept_settings({}, job.overrides)
     if before != now:
-        was, is_ = " ".join(before) or "no overrides", " ".join(now) or "no overrides"
+        was, is_ = (
+            " ".join(f"{k}={v}" for k, v in d.items()) or "no overrides" for d in (before, now)
+        )
         raise AnotherCommandsRun(
             f"{run_dir} holds a completed run of another command ({was}; this job: {is_}): "
             "pass hydra.sweep.dir=<another folder> to keep it, or delete that folder to rerun "
